@@ -1,0 +1,69 @@
+# mlsafe: two commands for a fresh clone (see README.md)
+#   make reproduce LANG=th     run the whole experiment on the CPU default and build the book
+#   make test                  run the test suite (pytest + nbval + browser check)
+# Both create the virtual environment when it is missing.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+# LANG on the command line is the target language. Make exports command-line
+# variables to every recipe, where LANG=th would break the locale of Python and
+# perl, so keep the value as TARGET_LANG and give recipes a valid locale.
+ifeq ($(origin LANG),command line)
+TARGET_LANG := $(LANG)
+else
+TARGET_LANG ?= th
+endif
+override LANG := C.UTF-8
+export LANG
+export LC_ALL := C.UTF-8
+
+MODEL  ?= organism
+DEVICE ?= cpu
+SEED   ?= 0
+SEEDS  ?= 0 1 2
+DATA   ?= auto
+
+PYTHON_BOOT ?= python3
+VENV := .venv
+PY   := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.mlsafe-installed
+# The CPU wheel of torch that this machine ships; on a GPU machine override with
+# e.g. TORCH_SPEC='torch==2.13.0' (PyPI's default Linux wheel is the CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+export OMP_NUM_THREADS ?= 1
+export PYTHONHASHSEED := 0
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: help setup test test-fast reproduce bench clean-results
+
+help:
+	@echo "make reproduce LANG=th [MODEL=organism|gemma-270m|<hub id or folder>] [DEVICE=cpu|cuda] [SEED=0]"
+	@echo "make test       pytest + nbval + browser check"
+	@echo "make book       build the Jupyter Book into _build/html"
+	@echo "make bench      print solver and edit-vs-training timings"
+
+setup: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	@$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install -q '$(TORCH_SPEC)'
+	$(PY) -m pip install -q -e '.[data,book,dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $@
+
+test: $(VENV_STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(VENV_STAMP)
+	$(PY) -m pytest -q tests -m 'not slow'
+
+reproduce: $(VENV_STAMP)
+	$(PY) -m mlsafe reproduce --lang $(TARGET_LANG) --model $(MODEL) --device $(DEVICE) --seed $(SEED) --seeds $(SEEDS) --data $(DATA)
+
+bench: $(VENV_STAMP)
+	$(PY) scripts/bench_solver.py
+
+clean-results:
+	rm -rf results/$(MODEL)
