@@ -1,0 +1,342 @@
+"""Activation capture and streamed float64 statistics (paper Sec. 3.1 and Sec. 4.3).
+
+* :class:`capture` records, at chosen layers, the MLP input x (a forward pre-hook on the
+  MLP) and the neuron activations a(x) = up(x) * act(gate(x)) (a forward pre-hook on the
+  down projection, whose input is exactly a(x)). Hooks are always removed; with
+  ``stop_after_last`` the forward pass is cut after the last needed layer.
+* :class:`Moments` streams per-feature count, mean and unbiased variance (the inputs of
+  Delta_j, the z-scores of eq. 13 and Cohen's d of eq. 14-15).
+* :class:`Gram` streams X^T X and X^T Y (the inputs of Q and X_low^T D_S, Theorem 4.1).
+* :func:`collect` and :func:`collect_paired` run a model over prompts in batches and
+  fill those accumulators, so memory does not grow with the number of prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from mlsafe import arch
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end the forward pass early; carries the capture that raised it."""
+
+    def __init__(self, owner: "capture"):
+        super().__init__("forward stopped after the last captured layer")
+        self.owner = owner
+
+
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    if args:
+        return args[0]
+    return next(iter(kwargs.values()))
+
+
+class capture:
+    """Context manager that captures MLP inputs and/or neuron activations at `layers`.
+
+    After a forward pass inside the context, ``.mlp_inputs[layer]`` is [B, T, d_model]
+    and ``.activations[layer]`` is [B, T, d_ff] (detached, from the LAST forward).
+    Hooks are removed on exit, also when the forward raises. With
+    ``stop_after_last=True`` a hook raises a private exception once the last requested
+    layer is recorded; :meth:`forward` catches it (and returns None), and so does the
+    ``with`` statement if the model was called directly (the rest of the block is
+    skipped, as in ROME's Trace).
+    """
+
+    def __init__(self, model: nn.Module, layers: Iterable[int], *, mlp_inputs: bool = True,
+                 activations: bool = False, stop_after_last: bool = False):
+        self.model = model
+        self.layers = sorted(set(int(layer) for layer in layers))
+        if not self.layers:
+            raise ValueError("capture needs at least one layer index")
+        for layer in self.layers:
+            arch.mlp(model, layer)  # validates the index
+        if not (mlp_inputs or activations):
+            raise ValueError("nothing to capture: set mlp_inputs=True and/or activations=True")
+        self.want_inputs, self.want_acts = mlp_inputs, activations
+        self.stop_after_last = stop_after_last
+        self.mlp_inputs: dict[int, torch.Tensor] = {}
+        self.activations: dict[int, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _hook(self, store: dict, layer: int, stop: bool):
+        def hook(module, args, kwargs):
+            store[layer] = _first_input(args, kwargs).detach()
+            if stop:
+                raise _StopForward(self)
+        return hook
+
+    def __enter__(self) -> "capture":
+        if self._handles:
+            raise RuntimeError("this capture is already active; create a new one to nest")
+        last = self.layers[-1]
+        try:
+            for layer in self.layers:
+                stop_here = self.stop_after_last and layer == last
+                if self.want_inputs:
+                    self._handles.append(arch.mlp(self.model, layer).register_forward_pre_hook(
+                        self._hook(self.mlp_inputs, layer, stop_here and not self.want_acts),
+                        with_kwargs=True))
+                if self.want_acts:
+                    self._handles.append(arch.down_module(self.model, layer).register_forward_pre_hook(
+                        self._hook(self.activations, layer, stop_here), with_kwargs=True))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._remove()
+        return isinstance(exc, _StopForward) and exc.owner is self
+
+    def forward(self, *args, **kwargs):
+        """Call the model; returns its output, or None when stopped after the last layer."""
+        self.mlp_inputs.clear()
+        self.activations.clear()
+        try:
+            return self.model(*args, **kwargs)
+        except _StopForward as stop:
+            if stop.owner is not self:
+                raise
+            return None
+
+
+POSITIONS = ("last", "mean", "all")
+
+
+def select_positions(h: torch.Tensor, attention_mask: torch.Tensor | None,
+                     position: str | torch.Tensor) -> torch.Tensor:
+    """Pick token positions from hidden states h [B, T, d].
+
+    attention_mask [B, T] marks real tokens (1) vs padding (0), left or right padding;
+    None means every token is real. It may also be any narrower boolean mask (e.g. only
+    prompt tokens): positions outside it are ignored.
+    position: "last" -> [B, d], the last kept token of each row;
+              "mean" -> [B, d], float64 mean over each row's kept tokens;
+              "all"  -> [n_kept, d], every kept token, rows in order;
+              a boolean tensor [B, T] -> like "all", restricted to it.
+    "last" and "all" return h's values unchanged (same dtype).
+    """
+    if h.dim() != 3:
+        raise ValueError(f"h must be [batch, tokens, features], got shape {tuple(h.shape)}")
+    B, T, _ = h.shape
+    keep = torch.ones(B, T, dtype=torch.bool, device=h.device) if attention_mask is None \
+        else attention_mask.to(h.device).bool()
+    if isinstance(position, torch.Tensor):
+        keep = keep & position.to(h.device).bool()
+        position = "all"
+    if keep.shape != (B, T):
+        raise ValueError(f"mask shape {tuple(keep.shape)} does not match h's [B, T] = {(B, T)}")
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS} or a boolean [B, T] mask, got {position!r}")
+    if position == "all":
+        return h[keep]
+    counts = keep.sum(dim=1)
+    if bool((counts == 0).any()):
+        raise ValueError("a row has no kept token (all padding / masked out); drop it or fix the mask")
+    if position == "last":
+        idx = (keep.long() * torch.arange(1, T + 1, device=h.device)).argmax(dim=1)
+        return h[torch.arange(B, device=h.device), idx]
+    weights = keep.to(torch.float64).unsqueeze(-1)
+    return (h.to(torch.float64) * weights).sum(dim=1) / counts.to(torch.float64).unsqueeze(-1)
+
+
+def _as_rows(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [n_samples, n_features], got shape {tuple(x.shape)}")
+    return x.detach().to(torch.float64)
+
+
+class Moments:
+    """Streamed per-feature count, mean and unbiased variance, in float64.
+
+    Combines batches with Chan et al.'s parallel update, so the result equals the dense
+    mean/var of all rows seen (up to float64 rounding) whatever the batching.
+    """
+
+    def __init__(self):
+        self.n = 0
+        self._mean: torch.Tensor | None = None
+        self._m2: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> None:
+        x = _as_rows(x, "x")
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        mean_b = x.mean(dim=0)
+        m2_b = ((x - mean_b) ** 2).sum(dim=0)
+        if self._mean is None:
+            self.n, self._mean, self._m2 = nb, mean_b, m2_b
+            return
+        if x.shape[1] != self._mean.shape[0]:
+            raise ValueError(f"feature count changed: {x.shape[1]} vs {self._mean.shape[0]}")
+        n = self.n + nb
+        delta = mean_b.to(self._mean.device) - self._mean
+        self._mean = self._mean + delta * (nb / n)
+        self._m2 = self._m2 + m2_b.to(self._m2.device) + delta ** 2 * (self.n * nb / n)
+        self.n = n
+
+    @property
+    def mean(self) -> torch.Tensor:
+        if self._mean is None:
+            raise ValueError("Moments is empty: call update() with at least one row first")
+        return self._mean
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Unbiased (n - 1) variance per feature."""
+        if self.n < 2:
+            raise ValueError(f"unbiased variance needs at least 2 rows, have {self.n}")
+        return self._m2 / (self.n - 1)
+
+
+class Gram:
+    """Streamed float64 X^T X (``xtx``) and, when paired rows Y are given, X^T Y (``xty``)."""
+
+    def __init__(self):
+        self.n = 0
+        self.xtx: torch.Tensor | None = None
+        self.xty: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        x = _as_rows(x, "x")
+        if self.n and (y is None) != (self.xty is None):
+            raise ValueError("pass y in every update or in none (X^T Y needs every paired row)")
+        if y is not None:
+            y = _as_rows(y, "y").to(x.device)
+            if y.shape[0] != x.shape[0]:
+                raise ValueError(f"x and y must have the same rows, got {x.shape[0]} and {y.shape[0]}")
+        xtx = x.T @ x
+        self.xtx = xtx if self.xtx is None else self.xtx + xtx.to(self.xtx.device)
+        if y is not None:
+            xty = x.T @ y
+            self.xty = xty if self.xty is None else self.xty + xty.to(self.xty.device)
+        self.n += x.shape[0]
+
+
+def encode_batch(tokenizer, texts: Sequence[str], device=None) -> dict[str, torch.Tensor]:
+    """Left-padded model inputs for fully formatted texts (no special tokens added).
+
+    Returns input_ids, attention_mask and position_ids (counting real tokens only, so
+    absolute-position models such as GPT-2 see the same positions as unpadded).
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not one string")
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    if any(len(row) == 0 for row in ids):
+        raise ValueError("a text tokenizes to zero tokens; drop empty texts first")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    T = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), T), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, T - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, T - len(row):] = 1
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    out = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
+    return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+
+PositionMaskFn = Callable[[Sequence[str], dict], torch.Tensor]
+WHAT = ("activations", "mlp_inputs")
+
+
+@contextmanager
+def _inference(model: nn.Module):
+    """No grad and eval mode for the duration; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _batches(model, tokenizer, texts, layers, *, acts, inputs, batch_size, device, progress,
+             position_mask_fn):
+    """Yield (capture, keep mask [B, T]) per batch; call inside :func:`_inference`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = device if device is not None else next(model.parameters()).device
+    starts = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="collect", unit="batch")
+    for start in starts:
+        chunk = list(texts[start:start + batch_size])
+        enc = encode_batch(tokenizer, chunk, device)
+        keep = enc["attention_mask"].bool()
+        if position_mask_fn is not None:
+            keep = keep & position_mask_fn(chunk, enc).to(device).bool()
+        with capture(model, layers, mlp_inputs=inputs, activations=acts, stop_after_last=True) as cap:
+            cap.forward(**enc, use_cache=False)
+        yield cap, keep
+
+
+def collect(model: nn.Module, tokenizer, texts: Sequence[str], layers: Iterable[int], *,
+            position: str = "last", what: Sequence[str] = ("activations",), batch_size: int = 16,
+            device=None, progress: bool = False,
+            position_mask_fn: PositionMaskFn | None = None) -> dict[int, dict[str, Moments | Gram]]:
+    """Stream statistics of `texts` (chat template already applied) at `layers`.
+
+    Returns ``{layer: {"activations": Moments, "mlp_inputs": Gram}}`` with one entry per
+    requested `what`: Moments of the neuron activations a(x) (for Delta_j, eq. 13-15)
+    and the Gram X^T X of the MLP inputs (for Q, Theorem 4.1), one row per prompt for
+    position "last"/"mean", one per token for "all" (see :func:`select_positions`).
+    position_mask_fn(texts, encoding) -> bool [B, T] narrows the tokens read (e.g. prompt
+    tokens only); it is combined with the attention mask. Batches are left-padded,
+    run without grad and cut after the last layer; the model's train/eval mode is restored.
+    """
+    what = tuple(what)
+    if not what or any(w not in WHAT for w in what):
+        raise ValueError(f"what must be a non-empty subset of {WHAT}, got {what!r}")
+    layers = sorted(set(int(layer) for layer in layers))
+    out = {layer: {w: Moments() if w == "activations" else Gram() for w in what} for layer in layers}
+    batches = _batches(model, tokenizer, texts, layers, acts="activations" in what,
+                       inputs="mlp_inputs" in what, batch_size=batch_size, device=device,
+                       progress=progress, position_mask_fn=position_mask_fn)
+    with _inference(model):
+        for cap, keep in batches:
+            for layer in layers:
+                for w in what:
+                    h = cap.activations[layer] if w == "activations" else cap.mlp_inputs[layer]
+                    out[layer][w].update(select_positions(h, keep, position))
+    return out
+
+
+def collect_paired(model: nn.Module, tokenizer, texts_a: Sequence[str], texts_b: Sequence[str],
+                   layer: int, *, position: str = "last", batch_size: int = 16, device=None,
+                   progress: bool = False, position_mask_fn: PositionMaskFn | None = None) -> Gram:
+    """Cross-Gram of parallel prompts at one layer: X_a^T X_a (``xtx``) and X_a^T X_b (``xty``).
+
+    Row i of X_a / X_b is the MLP input of texts_a[i] / texts_b[i] at `position`
+    ("last" or "mean": one row per prompt). With texts_a the harmful target-language
+    prompts and texts_b their English originals, xtx = X_low^T X_low and
+    xty = X_low^T X_en, so X_low^T D_S = (xty - xtx) W_S (Sec. 4.3, Theorem 4.1).
+    """
+    if len(texts_a) != len(texts_b):
+        raise ValueError(f"texts_a and texts_b must be parallel lists, got {len(texts_a)} and {len(texts_b)}")
+    if position not in ("last", "mean"):
+        raise ValueError(f"paired rows need one row per prompt: position 'last' or 'mean', got {position!r}")
+    kw = dict(acts=False, inputs=True, batch_size=batch_size, device=device,
+              position_mask_fn=position_mask_fn)
+    gram = Gram()
+    with _inference(model):
+        for (cap_a, keep_a), (cap_b, keep_b) in zip(
+                _batches(model, tokenizer, texts_a, [layer], progress=progress, **kw),
+                _batches(model, tokenizer, texts_b, [layer], progress=False, **kw)):
+            gram.update(select_positions(cap_a.mlp_inputs[layer], keep_a, position),
+                        select_positions(cap_b.mlp_inputs[layer], keep_b, position))
+    return gram
