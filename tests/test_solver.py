@@ -1,0 +1,192 @@
+"""Theorem 4.1 solver: optimality, limits, streaming, the hard variant and the errors."""
+
+import pytest
+import torch
+
+from mlsafe import solver
+from mlsafe.solver import EditGram, build_gram
+
+torch.set_num_threads(1)
+F64 = torch.float64
+
+
+def problem(seed=0, n_h=30, n_s=20, d=12, m=7, scales=None, signal=0.0):
+    """Random X_low, X_safe; D = signal * X_low W_true (rank 2) + unit noise."""
+    g = torch.Generator().manual_seed(seed)
+    x_low = torch.randn(n_h, d, generator=g, dtype=F64)
+    if scales is not None:
+        x_low = x_low * torch.as_tensor(scales, dtype=F64)
+    w_true = torch.randn(d, 2, generator=g, dtype=F64) @ torch.randn(2, m, generator=g, dtype=F64)
+    d_gap = signal * x_low @ w_true + torch.randn(n_h, m, generator=g, dtype=F64)
+    x_safe = torch.randn(n_s, d, generator=g, dtype=F64)
+    return x_low, d_gap, x_safe
+
+
+def direct_objective(dw, x_low, d_gap, x_safe, gamma, lam):
+    return float(((x_low @ dw - d_gap) ** 2).sum() + gamma * ((x_safe @ dw) ** 2).sum()
+                 + lam * (dw ** 2).sum())
+
+
+KW = dict(gamma=0.5, lam=0.1)
+
+
+def test_objective_matches_the_matrix_form():
+    x_low, d_gap, x_safe = problem()
+    dw = torch.randn(12, 7, generator=torch.Generator().manual_seed(9), dtype=F64)
+    g = build_gram(x_low, d_gap, x_safe)
+    assert solver.objective(dw, g, **KW) == pytest.approx(direct_objective(dw, x_low, d_gap, x_safe, **KW),
+                                                          rel=1e-12)
+
+
+@pytest.mark.parametrize("rank", [1, 3, 5])
+def test_rank_is_at_most_r_and_factors_multiply_out(rank):
+    x_low, d_gap, x_safe = problem()
+    g = build_gram(x_low, d_gap, x_safe)
+    dw = solver.solve_from_gram(g, rank=rank, **KW)
+    assert dw.shape == (12, 7) and dw.dtype == F64
+    assert torch.linalg.matrix_rank(dw).item() == rank
+    a, b = solver.low_rank_factors(g, rank=rank, **KW)
+    assert a.shape == (12, rank) and b.shape == (rank, 7)
+    torch.testing.assert_close(a @ b, dw, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b @ b.T, torch.eye(rank, dtype=F64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("d, m", [(12, 7), (6, 10)])
+def test_gram_and_svd_methods_agree_for_tall_and_wide_problems(d, m):
+    x_low, d_gap, x_safe = problem(8, d=d, m=m, signal=1.0)
+    g = build_gram(x_low, d_gap, x_safe)
+    for rank in (1, 3, min(d, m)):
+        a1, b1 = solver.low_rank_factors(g, rank=rank, **KW)
+        a2, b2 = solver.low_rank_factors(g, rank=rank, method="svd", **KW)
+        torch.testing.assert_close(a1, a2, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(b1, b2, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(b1 @ b1.T, torch.eye(rank, dtype=F64), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match='method must be "gram" or "svd"'):
+        solver.low_rank_factors(g, rank=1, method="qr", **KW)
+
+
+def test_full_rank_equals_ridge_solution():
+    x_low, d_gap, x_safe = problem()
+    g = build_gram(x_low, d_gap, x_safe)
+    q = x_low.T @ x_low + KW["gamma"] * x_safe.T @ x_safe + KW["lam"] * torch.eye(12, dtype=F64)
+    m_ridge = torch.linalg.solve(q, x_low.T @ d_gap)
+    torch.testing.assert_close(solver.solve_from_gram(g, rank=7, **KW), m_ridge, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(solver.ridge(g, **KW), m_ridge, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_optimum_beats_every_other_rank_r_candidate(seed):
+    rank = 2
+    x_low, d_gap, x_safe = problem(seed, scales=torch.logspace(1, -1, 12).tolist())
+    g = build_gram(x_low, d_gap, x_safe)
+    a, b = solver.low_rank_factors(g, rank=rank, **KW)
+    best = solver.objective(a @ b, g, **KW)
+    assert best <= solver.objective(solver.naive_truncation(g, rank=rank, **KW), g, **KW)
+    gen = torch.Generator().manual_seed(100 + seed)
+    scale = (a @ b).abs().max()
+    for _ in range(200):  # random rank-r candidates
+        cand = torch.randn(12, rank, generator=gen, dtype=F64) @ torch.randn(rank, 7, generator=gen, dtype=F64)
+        assert best <= solver.objective(cand * scale, g, **KW)
+    for eps in (1e-1, 1e-3, 1e-5):  # local rank-r perturbations of the optimum
+        for _ in range(50):
+            da = torch.randn(a.shape, generator=gen, dtype=F64)
+            db = torch.randn(b.shape, generator=gen, dtype=F64)
+            pert = (a + eps * da) @ (b + eps * db)
+            assert best <= solver.objective(pert, g, **KW) + 1e-12 * abs(best)
+
+
+def test_strictly_better_than_naive_truncation_on_anisotropic_problem():
+    # Q ~ diag(100, 1e-2): the ridge solution's largest singular direction lives where Q is
+    # tiny, so truncating M unwhitened keeps the wrong direction.
+    x_low = torch.diag(torch.tensor([10.0, 0.1], dtype=F64))
+    d_gap = torch.tensor([[1.0, 0.0], [0.0, 0.05]], dtype=F64)
+    g = build_gram(x_low, d_gap, torch.zeros(1, 2, dtype=F64))
+    kw = dict(gamma=0.0, lam=1e-6)
+    opt = solver.objective(solver.solve_from_gram(g, rank=1, **kw), g, **kw)
+    naive = solver.objective(solver.naive_truncation(g, rank=1, **kw), g, **kw)
+    assert opt == pytest.approx(0.05 ** 2, rel=1e-3)  # keeps the first gap, drops the small one
+    assert naive == pytest.approx(1.0, rel=1e-3)      # keeps the second, loses the big one
+    assert opt < 0.01 * naive
+
+
+def test_safe_leak_decreases_monotonically_to_zero_with_gamma():
+    x_low, d_gap, x_safe = problem(3, n_s=6)
+    g = build_gram(x_low, d_gap, x_safe)
+    gammas = [0.0, 0.1, 1.0, 10.0, 1e2, 1e3, 1e4, 1e6]
+    leaks = [float(torch.linalg.norm(x_safe @ solver.solve_from_gram(g, rank=3, gamma=gm, lam=0.1)))
+             for gm in gammas]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(leaks, leaks[1:])), leaks
+    assert leaks[-1] < 1e-4 * leaks[0]
+
+
+def test_streamed_gram_in_two_halves_gives_the_same_edit():
+    x_low, d_gap, x_safe = problem(4)
+    whole = build_gram(x_low, d_gap, x_safe)
+    first = EditGram.zeros(12, 7).add_low(x_low[:11], d_gap[:11]).add_safe(x_safe[:5])
+    second = EditGram.zeros(12, 7).add_low(x_low[11:], d_gap[11:]).add_safe(x_safe[5:])
+    streamed = first + second
+    assert (streamed.n_low, streamed.n_safe) == (30, 20)
+    for name in ("xtx_low", "xtd", "xtx_safe", "dtd"):
+        torch.testing.assert_close(getattr(streamed, name), getattr(whole, name), rtol=1e-12, atol=1e-12)
+    via_solve = solver.solve(x_low, d_gap, x_safe, rank=3, **KW)
+    torch.testing.assert_close(solver.solve_from_gram(streamed, rank=3, **KW), via_solve,
+                               rtol=1e-9, atol=1e-11)
+
+
+def test_solve_is_deterministic_and_honours_dtype():
+    x_low, d_gap, x_safe = problem(5)
+    a = solver.solve(x_low.float(), d_gap.float(), x_safe.float(), rank=2, **KW)
+    b = solver.solve(x_low.float(), d_gap.float(), x_safe.float(), rank=2, **KW)
+    assert torch.equal(a, b) and a.dtype == F64
+    c = solver.solve(x_low, d_gap, x_safe, rank=2, dtype=torch.float32, **KW)
+    assert c.dtype == torch.float32
+    torch.testing.assert_close(c, a.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_nullspace_variant_is_exactly_safe_and_still_reduces_the_loss():
+    x_low, d_gap, x_safe = problem(6, n_s=5, signal=1.0)  # rank(X_safe) = 5 < d = 12: a 7-dim null space
+    g = build_gram(x_low, d_gap, x_safe)
+    dw = solver.solve_nullspace(g, rank=3, lam=0.1)
+    assert torch.linalg.matrix_rank(dw).item() == 3
+    rel_leak = torch.linalg.norm(x_safe @ dw) / (torch.linalg.norm(x_safe) * torch.linalg.norm(dw))
+    assert rel_leak < 1e-8
+    loss = float(((x_low @ dw - d_gap) ** 2).sum())
+    assert loss < 0.5 * float((d_gap ** 2).sum())
+    # the same from the matrices, and the soft variant converges to it as gamma -> infinity
+    torch.testing.assert_close(solver.solve_nullspace((x_low, d_gap, x_safe), rank=3, lam=0.1), dw)
+    soft = solver.solve_from_gram(g, rank=3, gamma=1e9, lam=0.1)
+    assert float(torch.linalg.norm(soft - dw) / torch.linalg.norm(dw)) < 1e-5
+
+
+def test_nullspace_threshold_absolute_and_relative():
+    x_safe = torch.diag(torch.tensor([1.0, 1e-2, 1e-4, 0.0], dtype=F64))
+    c = x_safe.T @ x_safe  # eigenvalues 1, 1e-4, 1e-8, 0
+    assert solver.nullspace_basis(c, threshold=1e-6).shape == (4, 2)
+    assert solver.nullspace_basis(c, threshold=1e-3, relative=True).shape == (4, 3)
+    assert solver.nullspace_basis(c * 100, threshold=1e-3, relative=False).shape == (4, 2)
+    with pytest.raises(ValueError, match="null space is empty; raise threshold"):
+        solver.nullspace_basis(torch.eye(4, dtype=F64), threshold=1e-6)
+
+
+def test_errors_name_the_fix():
+    x_low, d_gap, x_safe = problem(7)
+    g = build_gram(x_low, d_gap, x_safe)
+    with pytest.raises(ValueError, match=r"rank too large: at most min\(d_in, m\) = min\(12, 7\) = 7"):
+        solver.solve_from_gram(g, rank=8, **KW)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="rank must be an integer >= 1"):
+            solver.solve_from_gram(g, rank=bad, **KW)
+    with pytest.raises(ValueError, match=r"shape mismatch: X_low \(30, 12\) and D \(29, 7\)"):
+        solver.solve(x_low, d_gap[:29], x_safe, rank=2, **KW)
+    with pytest.raises(ValueError, match=r"X_safe \(20, 11\) must be \[n, 12\]"):
+        solver.solve(x_low, d_gap, x_safe[:, :11], rank=2, **KW)
+    with pytest.raises(ValueError, match=r"dW \(7, 12\) must be \[d_in, m\]"):
+        solver.objective(torch.zeros(7, 12), g, **KW)
+    with pytest.raises(ValueError, match="not positive definite.*raise lam"):  # 4 rows, d = 12
+        solver.solve(x_low[:4], d_gap[:4], x_safe[:0], rank=2, gamma=0.0, lam=0.0)
+    with pytest.raises(ValueError, match="gamma and lam must be >= 0"):
+        solver.solve_from_gram(g, rank=2, gamma=1.0, lam=-1.0)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        solver.solve(x_low * float("nan"), d_gap, x_safe, rank=2, **KW)
+    with pytest.raises(ValueError, match="same shape"):
+        _ = g + EditGram.zeros(12, 6)
