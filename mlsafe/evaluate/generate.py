@@ -1,0 +1,101 @@
+"""Chat formatting and batched greedy generation (the paper's decoding is unreported; OPEN).
+
+Greedy decoding with left padding: every prompt's last token sits at the same position,
+so the batch is one forward pass per new token. Results are deterministic for a given
+model, batch size and device (batching changes padding, which can change the last bits
+of the logits; keep batch_size fixed when comparing before/after an edit).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+
+
+def format_chat(tokenizer, user_texts: Sequence[str], *, system: str | None = None) -> list[str]:
+    """Each user text as a one-turn conversation, chat template applied, generation prompt added.
+
+    Returns strings (tokenize=False); encode them with add_special_tokens=False, because
+    templates already contain their BOS / header tokens.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} has no chat template; use an instruction-tuned "
+            "model's tokenizer, or set tokenizer.chat_template (see mlsafe.tiny for examples)"
+        )
+    prefix = [{"role": "system", "content": system}] if system is not None else []
+    return [
+        tokenizer.apply_chat_template(prefix + [{"role": "user", "content": text}],
+                                      add_generation_prompt=True, tokenize=False)
+        for text in user_texts
+    ]
+
+
+def model_device(model) -> torch.device:
+    """Where inputs go: the model's (first) device; works with device_map='auto'."""
+    return getattr(model, "device", None) or next(model.parameters()).device
+
+
+@contextmanager
+def left_padded(tokenizer) -> Iterator:
+    """Temporarily pad on the left (with EOS as pad if the tokenizer has none); restores both."""
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"
+    if pad is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = side
+        if pad is None:
+            tokenizer.pad_token = None
+
+
+def batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(items), batch_size):
+        yield items[start:start + batch_size]
+
+
+def encode(tokenizer, texts: Sequence[str], device) -> dict:
+    """Left-padded batch encoding of already-templated texts (call inside `left_padded`)."""
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+@torch.no_grad()
+def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_tokens: int = 64,
+                       batch_size: int = 16, progress: bool = True, device=None,
+                       desc: str = "generate") -> list[str]:
+    """Greedy continuations of already-templated texts; decoded new tokens only."""
+    from tqdm.auto import tqdm
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = device or model_device(model)
+    out: list[str] = []
+    with left_padded(tokenizer):
+        for chunk in tqdm(list(batches(chat_texts, batch_size)), desc=desc, disable=not progress):
+            enc = encode(tokenizer, chunk, device)
+            ids = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                temperature=None, top_p=None, top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new = ids[:, enc["input_ids"].shape[1]:]
+            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    return out
+
+
+def generate(model, tokenizer, user_texts: Sequence[str], *, max_new_tokens: int = 64,
+             batch_size: int = 16, progress: bool = True, device=None,
+             system: str | None = None) -> list[str]:
+    """Greedy responses to user messages (chat template applied, left padding, responses only)."""
+    return generate_from_chat(model, tokenizer, format_chat(tokenizer, user_texts, system=system),
+                              max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              progress=progress, device=device)

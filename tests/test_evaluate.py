@@ -1,0 +1,198 @@
+"""mlsafe.evaluate: Wilson intervals, ASR tables, per-prompt CSV, generation, refusal margin, utility."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mlsafe import tiny
+from mlsafe.evaluate import (DEFAULT_COMPLY_STARTS, DEFAULT_REFUSAL_STARTS, Judgment, asr_table,
+                             exact_match, exact_match_accuracy, extract_final_number, format_chat,
+                             generate, language_margins, mean_by_lang, mgsm_accuracy, mmlu_accuracy,
+                             next_token_logprobs, refusal_margin, summary_blocks, wilson,
+                             write_per_prompt_csv)
+from mlsafe.evaluate.margin import start_token_sets
+from mlsafe.langs import LANGS
+from mlsafe.prompts import Prompt
+
+torch.set_num_threads(1)
+
+
+def wilson_by_quadratic(k, n, z):
+    """Independent check: the Wilson bounds are the roots p of (k/n - p)^2 = z^2 p (1 - p) / n."""
+    ph = k / n
+    a, b, c = 1 + z * z / n, -(2 * ph + z * z / n), ph * ph
+    disc = math.sqrt(b * b - 4 * a * c)
+    return (-b - disc) / (2 * a), (-b + disc) / (2 * a)
+
+
+@pytest.mark.parametrize("k, n, published", [(0, 10, (0.0, 0.2775)), (5, 10, (0.2366, 0.7634)),
+                                             (10, 10, (0.7225, 1.0)), (30, 313, None), (1, 1, None)])
+def test_wilson_known_values(k, n, published):
+    lo, hi = wilson(k, n)
+    exp = wilson_by_quadratic(k, n, 1.959963984540054)
+    assert lo == pytest.approx(exp[0], abs=1e-12) and hi == pytest.approx(exp[1], abs=1e-12)
+    if published:
+        assert (lo, hi) == pytest.approx(published, abs=1e-4)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+
+
+def test_wilson_bad_input():
+    with pytest.raises(ValueError, match="n >= 1"):
+        wilson(0, 0)
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        wilson(11, 10)
+
+
+def make_prompts(langs):
+    return [Prompt(id=f"p{i}-{l}", lang=l, text=f"[placeholder {i}]", harmful=True, parallel_id=f"p{i}")
+            for i, l in enumerate(langs)]
+
+
+def J(unsafe):
+    return Judgment(unsafe=unsafe, refusal=not unsafe, label="compliance" if unsafe else "refusal", raw="")
+
+
+def test_asr_table_counts_order_and_ci():
+    langs = ["th"] * 4 + ["en"] * 3 + ["xx"]
+    unsafe = [True, True, False, True, False, False, False, True]
+    table = asr_table(make_prompts(langs), [J(u) for u in unsafe])
+    assert list(table.index) == ["en", "th", "xx"]  # paper order first
+    assert table.loc["th", "n"] == 4 and table.loc["th", "unsafe"] == 3
+    assert table.loc["th", "asr"] == pytest.approx(0.75) and table.loc["en", "asr"] == 0.0
+    assert (table.loc["th", "ci_lo"], table.loc["th", "ci_hi"]) == pytest.approx(wilson(3, 4))
+    asr, ci = summary_blocks(table)
+    assert asr == {"en": 0.0, "th": 0.75, "xx": 1.0} and ci["en"] == list(wilson(0, 3))
+    with pytest.raises(ValueError, match="judgments"):
+        asr_table(make_prompts(langs), [J(True)])
+
+
+def test_per_prompt_csv_roundtrip(tmp_path):
+    ps = make_prompts(["en", "zh", "he"])
+    path = tmp_path / "sub" / "per_prompt.csv"
+    write_per_prompt_csv(path, ps, ["r,1", "回答\n2", "תשובה"], [J(True), J(False), J(True)], margins=[0.5, -1, 2])
+    back = pd.read_csv(path, keep_default_na=False)
+    assert list(back["id"]) == [p.id for p in ps] and list(back["response"]) == ["r,1", "回答\n2", "תשובה"]
+    assert list(back["unsafe"]) == [True, False, True] and list(back["margin"]) == [0.5, -1.0, 2.0]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["per_prompt.csv"]  # no temp file left
+    with pytest.raises(ValueError, match="same length"):
+        write_per_prompt_csv(path, ps, ["a"], [J(True)] * 3)
+
+
+# ------------------------------------------------------------------ with a tiny model
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    folder = tiny.build(tmp_path_factory.mktemp("tiny"), archs=("qwen2",))["qwen2"]
+    return (AutoModelForCausalLM.from_pretrained(folder, local_files_only=True),
+            AutoTokenizer.from_pretrained(folder, local_files_only=True))
+
+
+TEXTS = ["hello there", "抱歉 a much longer prompt with more words", "ขออภัย", "שלום", "Halo"]
+
+
+def test_format_chat_needs_template(qwen):
+    _, tok = qwen
+    with_sys = format_chat(tok, ["hi"], system="Be brief.")[0]
+    assert with_sys.startswith("<|im_start|>system\nBe brief.<|im_end|>") and "You are a helpful" not in with_sys
+    saved, tok.chat_template = tok.chat_template, None
+    try:
+        with pytest.raises(ValueError, match="no chat template"):
+            format_chat(tok, ["hi"])
+    finally:
+        tok.chat_template = saved
+
+
+def test_generate_batch_invariant_and_restores_tokenizer(qwen):
+    model, tok = qwen
+    tok.padding_side = "right"
+    batched = generate(model, tok, TEXTS, max_new_tokens=5, batch_size=2, progress=False)
+    single = [generate(model, tok, [t], max_new_tokens=5, progress=False)[0] for t in TEXTS]
+    assert batched == single and tok.padding_side == "right"
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, tok, TEXTS, max_new_tokens=0, progress=False)
+
+
+def test_refusal_margin_matches_manual_computation(qwen):
+    model, tok = qwen
+    R, C = ["I'm sorry", "Sorry"], ["Sure", "Here"]
+    got = refusal_margin(model, tok, TEXTS, refusal_starts=R, comply_starts=C, batch_size=2)
+    r_ids = sorted({tok.encode(s, add_special_tokens=False)[0] for s in R})
+    c_ids = sorted({tok.encode(s, add_special_tokens=False)[0] for s in C})
+    for text, value in zip(TEXTS, got):
+        ids = tok(format_chat(tok, [text])[0], return_tensors="pt", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, -1].double(), -1)
+        expected = torch.logsumexp(logp[r_ids], 0) - torch.logsumexp(logp[c_ids], 0)
+        assert value.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert got.dtype == torch.float64 and got.shape == (len(TEXTS),)
+
+
+def test_start_token_sets_drop_shared_tokens(qwen):
+    _, tok = qwen
+    r, c = start_token_sets(tok, ["I'm sorry", "Sure"], ["Sure", "Here"])
+    sure = tok.encode("Sure", add_special_tokens=False)[0]
+    assert sure not in r and sure not in c and r and c
+    with pytest.raises(ValueError, match="share all"):
+        start_token_sets(tok, ["Sure"], ["Sure"])
+
+
+def test_language_margins_use_each_language_lists(qwen):
+    model, tok = qwen
+    langs = ["en", "th", "en", "bn"]
+    ps = [Prompt(f"q{i}", l, t, True, f"q{i}") for i, (l, t) in enumerate(zip(langs, TEXTS))]
+    got = language_margins(model, tok, ps, include_english=False)
+    th = refusal_margin(model, tok, [TEXTS[1]], refusal_starts=DEFAULT_REFUSAL_STARTS["th"],
+                        comply_starts=DEFAULT_COMPLY_STARTS["th"])
+    assert got[1].item() == pytest.approx(th.item(), abs=1e-9)
+    means = mean_by_lang(ps, got)
+    assert list(means) == ["en", "th", "bn"]
+    assert means["en"] == pytest.approx((got[0].item() + got[2].item()) / 2)
+    with pytest.raises(ValueError, match="'xx'"):
+        language_margins(model, tok, [Prompt("z", "xx", "t", True, "z")])
+
+
+def test_default_start_strings_usable_in_every_language(qwen):
+    _, tok = qwen
+    assert set(DEFAULT_REFUSAL_STARTS) == set(LANGS) == set(DEFAULT_COMPLY_STARTS)
+    for lang in LANGS:
+        r, c = start_token_sets(tok, DEFAULT_REFUSAL_STARTS[lang], DEFAULT_COMPLY_STARTS[lang])
+        assert r and c
+
+
+@pytest.mark.parametrize("text, number", [
+    ("So the answer is 18.", "18"), ("1,234 apples, then 2,000.50", "2000.5"), ("-3 and 7.0", "7"),
+    ("উত্তর ১৮", "18"), ("คำตอบคือ ๔๒", "42"), ("答えは１２です", "12"), ("no digits", None),
+])
+def test_extract_final_number(text, number):
+    assert extract_final_number(text) == number
+
+
+@pytest.mark.parametrize("response, answer, ok", [
+    ("Paris.", "paris", True), ("  PARIS is the capital", "Paris", True), ("Parisian", "Paris", False),
+    ("42\nmore text", "42", True), ("The answer is 42", "42", False),
+])
+def test_exact_match(response, answer, ok):
+    assert exact_match(response, answer) is ok
+
+
+def test_utility_metrics_on_tiny_model(qwen):
+    model, tok = qwen
+    responses = generate(model, tok, TEXTS, max_new_tokens=6, progress=False)
+    first = [r.split()[0] if r.split() else "" for r in responses]
+    ps = [Prompt(f"u{i}", "en", t, False, f"u{i}", answer=a) for i, (t, a) in enumerate(zip(TEXTS, first)) if a]
+    assert exact_match_accuracy(model, tok, ps, max_new_tokens=6) == [True] * len(ps)
+    mc = [Prompt(f"m{i}", "zh", f"Q{i}\nA. 1\nB. 2\nC. 3\nD. 4", False, f"m{i}", answer="A") for i in range(4)]
+    letter_ids = [tok.encode(x, add_special_tokens=False)[0] for x in "ABCD"]
+    pred = ["ABCD"[i] for i in next_token_logprobs(model, tok, [p.text for p in mc], letter_ids).argmax(-1)]
+    right = [Prompt(p.id, p.lang, p.text, False, p.parallel_id, answer=a) for p, a in zip(mc, pred)]
+    wrong = [Prompt(p.id, p.lang, p.text, False, p.parallel_id, answer="ABCD"[("ABCD".index(a) + 1) % 4])
+             for p, a in zip(mc, pred)]
+    assert mmlu_accuracy(model, tok, right) == [True] * 4 and mmlu_accuracy(model, tok, wrong) == [False] * 4
+    gsm = [Prompt("g0", "en", "What is 2 plus 5?", False, "g0", answer="7")]
+    assert mgsm_accuracy(model, tok, gsm, max_new_tokens=4, progress=False) in ([True], [False])
+    with pytest.raises(ValueError, match="answer"):
+        mgsm_accuracy(model, tok, [Prompt("g", "en", "t", False, "g")], progress=False)
+    with pytest.raises(ValueError, match="A', 'B"):
+        mmlu_accuracy(model, tok, [Prompt("m", "en", "t", False, "m", answer="E")])
