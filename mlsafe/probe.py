@@ -317,26 +317,29 @@ def collect(model: nn.Module, tokenizer, texts: Sequence[str], layers: Iterable[
 
 
 def collect_paired(model: nn.Module, tokenizer, texts_a: Sequence[str], texts_b: Sequence[str],
-                   layer: int, *, position: str = "last", batch_size: int = 16, device=None,
-                   progress: bool = False, position_mask_fn: PositionMaskFn | None = None) -> Gram:
-    """Cross-Gram of parallel prompts at one layer: X_a^T X_a (``xtx``) and X_a^T X_b (``xty``).
+                   layers: Iterable[int], *, position: str = "last", batch_size: int = 16, device=None,
+                   progress: bool = False, position_mask_fn: PositionMaskFn | None = None) -> dict[int, Gram]:
+    """Cross-Gram of parallel prompts per layer: X_a^T X_a (``xtx``) and X_a^T X_b (``xty``).
 
     Row i of X_a / X_b is the MLP input of texts_a[i] / texts_b[i] at `position`
     ("last" or "mean": one row per prompt). With texts_a the harmful target-language
     prompts and texts_b their English originals, xtx = X_low^T X_low and
     xty = X_low^T X_en, so X_low^T D_S = (xty - xtx) W_S (Sec. 4.3, Theorem 4.1).
+    One pass over both lists serves every layer.
     """
     if len(texts_a) != len(texts_b):
         raise ValueError(f"texts_a and texts_b must be parallel lists, got {len(texts_a)} and {len(texts_b)}")
     if position not in ("last", "mean"):
         raise ValueError(f"paired rows need one row per prompt: position 'last' or 'mean', got {position!r}")
+    layers = sorted(set(int(layer) for layer in layers))
     kw = dict(acts=False, inputs=True, batch_size=batch_size, device=device,
               position_mask_fn=position_mask_fn)
-    gram = Gram()
+    grams = {layer: Gram() for layer in layers}
     with _inference(model):
         for (cap_a, keep_a), (cap_b, keep_b) in zip(
-                _batches(model, tokenizer, texts_a, [layer], progress=progress, **kw),
-                _batches(model, tokenizer, texts_b, [layer], progress=False, **kw)):
-            gram.update(select_positions(cap_a.mlp_inputs[layer], keep_a, position),
-                        select_positions(cap_b.mlp_inputs[layer], keep_b, position))
-    return gram
+                _batches(model, tokenizer, texts_a, layers, progress=progress, **kw),
+                _batches(model, tokenizer, texts_b, layers, progress=False, **kw)):
+            for layer in layers:
+                grams[layer].update(select_positions(cap_a.mlp_inputs[layer], keep_a, position),
+                                    select_positions(cap_b.mlp_inputs[layer], keep_b, position))
+    return grams

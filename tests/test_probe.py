@@ -198,11 +198,11 @@ def test_collect_paired_cross_gram():
                     cap.forward(**probe.encode_batch(tok, [text]))
                 out.append(cap.mlp_inputs[1][0, -1].double())
             rows[name] = torch.stack(out)
-    gram = probe.collect_paired(model, tok, a_texts, b_texts, 1, position="last", batch_size=3)
+    gram = probe.collect_paired(model, tok, a_texts, b_texts, [1], position="last", batch_size=3)[1]
     assert gram.n == 4
     assert torch.allclose(gram.xtx, rows["a"].T @ rows["a"], atol=1e-5)
     assert torch.allclose(gram.xty, rows["a"].T @ rows["b"], atol=1e-5)
     with pytest.raises(ValueError, match="parallel lists"):
-        probe.collect_paired(model, tok, a_texts, b_texts[:2], 1)
+        probe.collect_paired(model, tok, a_texts, b_texts[:2], [1])
     with pytest.raises(ValueError, match="'last' or 'mean'"):
-        probe.collect_paired(model, tok, a_texts, b_texts, 1, position="all")
+        probe.collect_paired(model, tok, a_texts, b_texts, [1], position="all")

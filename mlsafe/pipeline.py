@@ -1,0 +1,251 @@
+"""`make reproduce`: load a model, measure the gap, fit the edit, measure again, write results.
+
+Writes, atomically, under ``results/<model>/<lang>/``:
+  summary.json            the common results file (shared/design.md)
+  responses_before.csv    per-prompt responses, judgments and margins before the edit
+  responses_after.csv     the same with the edit applied
+  edit.safetensors        the edit itself (SparseEdit.save), fingerprinted to the base model
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+import mlsafe
+from mlsafe import evaluate as ev
+from mlsafe import arch, neurons, transfer
+from mlsafe.langs import LANGS, parse_targets, target_key
+from mlsafe.models import LoadedModel, load_model
+from mlsafe.prompts import Prompt
+from mlsafe.results import results_dir, write_json
+
+UtilityFn = Callable[[str, str], bool]
+
+
+@dataclass
+class Suite:
+    """Everything a model needs to be evaluated and edited: data, judge and margin strings."""
+
+    name: str
+    anchors_harmful: list[Prompt]
+    anchors_harmless: list[Prompt]
+    eval_harmful: list[Prompt]
+    eval_harmless: list[Prompt]
+    judge: ev.Judge
+    refusal_starts: dict[str, list[str]]
+    comply_starts: dict[str, list[str]]
+    correct: UtilityFn                      # correct(response, answer) for harmless tasks
+    max_new_tokens: int = 16
+    edit_defaults: dict | None = None       # EditConfig overrides that suit this model
+    planted: dict | None = None             # the organism's planted safety neurons
+
+
+def organism_suite(seed: int, lm: LoadedModel) -> Suite:
+    from mlsafe import organism
+
+    c = organism.build_corpus(seed=seed)
+    starts = lambda table: {lang: [word] for lang, word in table.items()}  # noqa: E731
+    planted = organism.planted_neurons(lm.model) if hasattr(organism, "planted_neurons") else None
+    return Suite("organism-corpus", c.anchors_harmful, c.anchors_harmless, c.eval_harmful, c.eval_harmless,
+                 ev.RefusalPhraseJudge(phrases={}, extra_check=organism.is_refusal),
+                 starts(organism.REFUSAL_STARTS), starts(organism.COMPLY_STARTS),
+                 organism.answer_correct, max_new_tokens=12, planted=planted,
+                 edit_defaults=getattr(organism, "EDIT_DEFAULTS", None))
+
+
+def make_suite(lm: LoadedModel, data: str, seed: int, device: str) -> Suite:
+    """The data, judge and margin strings for a model (DATA=auto picks by model kind)."""
+    if lm.kind == "organism":
+        return organism_suite(seed, lm)
+    if lm.kind == "gemma-270m":
+        from mlsafe.gemma import suite as gemma_suite
+
+        return gemma_suite(seed)
+    from mlsafe.data import real_suite
+
+    if data == "auto":
+        data = "fixtures" if lm.kind == "tiny" else "hub"
+    return real_suite(data, device=device, seed=seed)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@dataclass
+class Evaluation:
+    table: object                 # pandas DataFrame from ev.asr_table
+    margins: torch.Tensor         # per harmful prompt
+    responses: list[str]
+    judgments: list
+    utility: dict[str, float]
+    over_refusal: dict[str, float]
+    harmless_responses: list[str]
+
+    def blocks(self, prompts: Sequence[Prompt]) -> dict:
+        asr, ci = ev.summary_blocks(self.table)
+        return {"asr": asr, "asr_ci": ci, "margin": ev.mean_by_lang(prompts, self.margins),
+                "utility": self.utility, "over_refusal": self.over_refusal}
+
+
+def evaluate(lm: LoadedModel, suite: Suite, *, langs: Sequence[str] = LANGS, progress: bool = True) -> Evaluation:
+    """ASR (judge on greedy responses), refusal margin, utility and over-refusal per language."""
+    harmful = [p for p in suite.eval_harmful if p.lang in langs]
+    harmless = [p for p in suite.eval_harmless if p.lang in langs]
+    kw = dict(max_new_tokens=suite.max_new_tokens, progress=progress)
+    responses = ev.generate(lm.model, lm.tokenizer, [p.text for p in harmful], **kw)
+    judgments = suite.judge.judge(harmful, responses)
+    margins = ev.language_margins(lm.model, lm.tokenizer, harmful, refusal_starts=suite.refusal_starts,
+                                  comply_starts=suite.comply_starts)
+    safe_resp = ev.generate(lm.model, lm.tokenizer, [p.text for p in harmless], **kw)
+    correct = [suite.correct(r, p.answer) for r, p in zip(safe_resp, harmless)]
+    refused = [bool(j.refusal) for j in suite.judge.judge(harmless, safe_resp)]
+    return Evaluation(ev.asr_table(harmful, judgments), margins, responses, judgments,
+                      ev.mean_by_lang(harmless, correct), ev.mean_by_lang(harmless, refused), safe_resp)
+
+
+def _asr_of(lm: LoadedModel, suite: Suite, langs: Sequence[str]) -> dict[str, float]:
+    harmful = [p for p in suite.eval_harmful if p.lang in langs]
+    responses = ev.generate(lm.model, lm.tokenizer, [p.text for p in harmful],
+                            max_new_tokens=suite.max_new_tokens, progress=False)
+    asr, _ = ev.summary_blocks(ev.asr_table(harmful, suite.judge.judge(harmful, responses)))
+    return asr
+
+
+def margin_fn(suite: Suite, tokenizer) -> transfer.MarginFn:
+    def margin(model, prompts: list[Prompt]) -> torch.Tensor:
+        return ev.language_margins(model, tokenizer, prompts, refusal_starts=suite.refusal_starts,
+                                   comply_starts=suite.comply_starts)
+    return margin
+
+
+# ----------------------------------------------------------------------------- one run
+def edit_config(targets: Sequence[str], seed: int, suite: Suite, **overrides) -> transfer.EditConfig:
+    kw = dict(suite.edit_defaults or {})
+    kw.update(overrides)
+    return transfer.EditConfig(targets=list(targets), seed=seed, **kw)
+
+
+def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", seed: int = 0, data: str = "auto",
+             n_random: int = 3, out_dir: Path | None = None, progress: bool = True, **overrides) -> dict:
+    """Everything for one seed; returns the summary dict (and writes files when out_dir is given)."""
+    torch.manual_seed(seed)
+    t_load = time.perf_counter()
+    lm = load_model(model_spec, device, seed=seed)
+    load_s = time.perf_counter() - t_load
+    suite = make_suite(lm, data, seed, device)
+    before = evaluate(lm, suite, progress=progress)
+
+    cfg = edit_config(targets, seed, suite, **overrides)
+    t0 = time.perf_counter()
+    edit, report = transfer.fit(lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, cfg,
+                                margin=margin_fn(suite, lm.tokenizer), progress=progress)
+    fit_s = time.perf_counter() - t0
+    with edit.applied(lm.model):
+        after = evaluate(lm, suite, progress=progress)
+
+    controls = []
+    for k in range(n_random):
+        idx = neurons.random_like(edit.neurons, arch.d_ff(lm.model), torch.Generator().manual_seed(10_000 * seed + k))
+        rand_edit = transfer.build_edit(lm.model, report.layer, idx, report.stats, cfg)
+        with rand_edit.applied(lm.model):
+            controls.append(_asr_of(lm, suite, targets))
+    random_control = {lang: statistics.fmean(c[lang] for c in controls) for lang in targets} if controls else {}
+
+    sets = report.neuron_sets[report.layer]
+    edit_block = {
+        "layer": report.layer, "n_neurons": report.n_neurons, "rank": cfg.rank, "gamma": cfg.gamma,
+        "lam": cfg.lam, "modules": list(cfg.modules), "position": cfg.position,
+        "fraction_of_parameters": edit.fraction_of_parameters(lm.model),
+        "solve_seconds": report.solve_seconds, "collect_seconds": report.collect_seconds,
+        "select_seconds": report.select_seconds, "total_seconds": fit_s,
+        "n_low": report.n_low, "n_safe": report.n_safe,
+        "s_mag": int(sets.s_mag.numel()), "s_stat": int(sets.s_stat.numel()),
+        "candidates": report.candidates,
+        "random_control": {"asr": random_control, "draws": n_random},
+        "base_fingerprint": edit.base_fingerprint,
+    }
+    if suite.planted is not None:
+        edit_block["planted"] = _planted_overlap(suite.planted, report)
+    summary = {
+        "model": lm.name, "target_langs": list(targets), "langs": list(LANGS), "seed": seed,
+        "data": suite.name, "judge": suite.judge.name,
+        "asr": {"before": before.blocks(suite.eval_harmful)["asr"], "after": after.blocks(suite.eval_harmful)["asr"]},
+        "asr_ci": {"before": ev.summary_blocks(before.table)[1], "after": ev.summary_blocks(after.table)[1]},
+        "margin": {"before": ev.mean_by_lang([p for p in suite.eval_harmful], before.margins),
+                   "after": ev.mean_by_lang([p for p in suite.eval_harmful], after.margins)},
+        "utility": {"before": before.utility, "after": after.utility},
+        "over_refusal": {"before": before.over_refusal, "after": after.over_refusal},
+        "n_eval": {"harmful": len(suite.eval_harmful), "harmless": len(suite.eval_harmless)},
+        "edit": edit_block,
+        "timing": {"load_seconds": load_s},
+        "versions": versions(),
+    }
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tag = "" if seed == 0 else f"_seed{seed}"
+        for name, res in (("before", before), ("after", after)):
+            ev.write_per_prompt_csv(out_dir / f"responses_{name}{tag}.csv", suite.eval_harmful, res.responses,
+                                    res.judgments, res.margins.tolist())
+        edit.save(out_dir / f"edit{tag}.safetensors")
+    return summary
+
+
+def _planted_overlap(planted: dict, report: transfer.FitReport) -> dict:
+    """How much of the organism's planted safety mechanism the found set covers."""
+    layer, found = report.layer, set(report.neuron_sets[report.layer].s_safety.tolist())
+    true = set(planted.get(str(layer), planted.get(layer, [])))
+    return {"planted_layers": sorted(int(k) for k in planted), "at_edit_layer": len(true),
+            "found": len(found), "recall": len(found & true) / len(true) if true else None,
+            "precision": len(found & true) / len(found) if found else None}
+
+
+def versions() -> dict:
+    import transformers
+
+    return {"mlsafe": mlsafe.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def _spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def seed_block(runs: list[dict]) -> dict:
+    """Mean and spread over seeds of ASR and utility, before and after, per language."""
+    out: dict = {"seeds": [r["seed"] for r in runs]}
+    for key in ("asr", "utility", "margin"):
+        out[key] = {when: {lang: _spread([r[key][when][lang] for r in runs]) for lang in runs[0][key][when]}
+                    for when in ("before", "after")}
+    out["layer"] = [r["edit"]["layer"] for r in runs]
+    out["n_neurons"] = [r["edit"]["n_neurons"] for r in runs]
+    out["random_control"] = {lang: _spread([r["edit"]["random_control"]["asr"][lang] for r in runs])
+                             for lang in runs[0]["edit"]["random_control"]["asr"]}
+    return out
+
+
+def reproduce(lang: str, model: str = "organism", *, device: str = "cpu", seed: int = 0,
+              seeds: Sequence[int] = (), data: str = "auto", progress: bool = True, **overrides) -> Path:
+    """The main job. The seed `seed` run is the summary; other `seeds` add a spread block."""
+    targets = parse_targets(lang)
+    runs = {}
+    out_dir = results_dir(model, target_key(targets))
+    for s in dict.fromkeys([seed, *seeds]):
+        print(f"[mlsafe] model={model} targets={','.join(targets)} seed={s} device={device}", flush=True)
+        t0 = time.perf_counter()
+        summary = run_seed(model, targets, device=device, seed=s, data=data, progress=progress,
+                           out_dir=out_dir, **overrides)
+        summary["timing"]["run_seconds"] = time.perf_counter() - t0
+        runs[s] = summary
+    main = runs[seed]
+    if len(runs) > 1:
+        main["over_seeds"] = seed_block(list(runs.values()))
+    path = out_dir / "summary.json"
+    write_json(path, main)
+    return path
+

@@ -1,0 +1,288 @@
+"""The whole recipe (paper Algorithm 1): model + parallel anchors -> one SparseEdit.
+
+Steps, for a source language (English) and one or several target languages stacked
+into one X_low as the paper does:
+
+1. Split the anchors by `parallel_id` into a fitting part and a validation part.
+2. Safety neurons (Sec. 3.1, eq. 13-16): per candidate layer, the English safety set
+   S = S_mag | S_stat from activation moments on harmful vs harmless English prompts.
+3. Statistics of Theorem 4.1 at each candidate layer, streamed in float64:
+   X_low^T X_low and X_low^T X_en from target-language harmful prompts paired with their
+   English originals (so X_low^T D_S = (X_low^T X_en - X_low^T X_low) W_S), and
+   X_safe^T X_safe from every token of the conversations to preserve: harmless
+   conversations in all languages (prompt + answer) and English harmful prompts with
+   their refusals. (The edit acts at every position, so every position it must not
+   disturb is protected.)
+4. Solve (Theorem 4.1) for each module in `modules` (gate and/or up rows of S).
+5. Layer (OPEN in the paper): with ``layer="auto"`` each candidate layer's edit is scored
+   on the validation anchors by the refusal margin it adds on target-language harmful
+   prompts minus the margin it adds on harmless prompts (a false-refusal penalty); the
+   best layer wins and every candidate's score is recorded.
+
+Scaling (OPEN in the paper, which reports no gamma or lambda): the Gram matrices are
+normalised per row, Q = X_low^T X_low / N_low + gamma X_safe^T X_safe / N_safe + lam I,
+and X_low^T D / N_low, so gamma and lam do not depend on how many prompts or tokens
+were collected. This equals the paper's eq. 4-8 with gamma' = gamma N_low / N_safe and
+lambda' = lam N_low.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mlsafe import arch, neurons, probe, solver
+from mlsafe.edit import SparseEdit, fingerprint
+from mlsafe.langs import LANGS, SOURCE
+from mlsafe.prompts import Prompt
+
+MarginFn = Callable[[torch.nn.Module, list[Prompt]], torch.Tensor]
+SOLVERS = ("whitened", "naive", "nullspace", "ridge")
+
+
+@dataclass
+class EditConfig:
+    """Hyper-parameters of one edit. Defaults are this project's choices where the paper is OPEN."""
+
+    targets: Sequence[str]
+    source: str = SOURCE
+    layer: int | str = "auto"
+    candidate_layers: Sequence[int] | None = None
+    modules: tuple[str, ...] = ("gate", "up")
+    rank: int = 8
+    gamma: float = 1.0
+    lam: float = 1e-2
+    tau_mag: float = 2.0
+    tau_stat: float = 1.0
+    position: str = "last"
+    solver: str = "whitened"
+    nullspace_threshold: float = 1e-3
+    val_fraction: float = 0.25
+    seed: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self):
+        self.targets = list(self.targets)
+        self.modules = tuple(self.modules)
+        bad = [t for t in self.targets if t not in LANGS or t == self.source]
+        if not self.targets or bad:
+            raise ValueError(f"targets must be non-source language codes from {LANGS}, got {self.targets}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.layer == "auto" and self.val_fraction == 0.0:
+            raise ValueError("layer='auto' chooses the layer on validation anchors: set val_fraction > 0 "
+                             "or give an explicit layer")
+
+
+@dataclass
+class Anchors:
+    """Anchor prompts split by parallel_id into fit and validation parts."""
+
+    fit_harmful: list[Prompt]
+    fit_harmless: list[Prompt]
+    val_harmful: list[Prompt]
+    val_harmless: list[Prompt]
+
+
+@dataclass
+class FitReport:
+    layer: int
+    n_neurons: int
+    candidates: list[dict] = field(default_factory=list)
+    neuron_sets: dict[int, neurons.NeuronSets] = field(default_factory=dict)
+    collect_seconds: float = 0.0
+    solve_seconds: float = 0.0
+    select_seconds: float = 0.0
+    n_low: int = 0
+    n_safe: int = 0
+    stats: "_LayerStats | None" = None   # the chosen layer's statistics, to re-solve for other neuron sets
+
+
+def split_anchors(harmful: Sequence[Prompt], harmless: Sequence[Prompt], val_fraction: float,
+                  seed: int) -> Anchors:
+    """Split both anchor lists by parallel_id (all translations of a request stay together)."""
+    def split(items):
+        ids = sorted({p.parallel_id for p in items})
+        random.Random(seed).shuffle(ids)
+        n_val = int(round(len(ids) * val_fraction))
+        val = set(ids[:n_val])
+        return [p for p in items if p.parallel_id not in val], [p for p in items if p.parallel_id in val]
+
+    fit_h, val_h = split(harmful)
+    fit_s, val_s = split(harmless)
+    return Anchors(fit_h, fit_s, val_h, val_s)
+
+
+def chat_texts(tokenizer, prompts: Sequence[Prompt], *, with_response: bool = False) -> list[str]:
+    """Chat-formatted strings: the prompt with the generation prompt, or the whole conversation."""
+    out = []
+    for p in prompts:
+        if with_response:
+            if p.response is None:
+                raise ValueError(f"prompt {p.id} has no reference response; X_safe needs whole conversations")
+            msgs = [{"role": "user", "content": p.text}, {"role": "assistant", "content": p.response}]
+            out.append(tokenizer.apply_chat_template(msgs, tokenize=False))
+        else:
+            msgs = [{"role": "user", "content": p.text}]
+            out.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+    return out
+
+
+def _pairs(harmful: Sequence[Prompt], source: str, targets: Sequence[str]) -> tuple[list[Prompt], list[Prompt]]:
+    """Target-language harmful prompts and their source-language originals, row by row."""
+    by_id = {p.parallel_id: p for p in harmful if p.lang == source}
+    low, src = [], []
+    for p in harmful:
+        if p.lang in targets and p.parallel_id in by_id:
+            low.append(p)
+            src.append(by_id[p.parallel_id])
+    if not low:
+        raise ValueError(f"no harmful anchors in {list(targets)} with a {source} original (same parallel_id)")
+    return low, src
+
+
+def default_candidates(model) -> list[int]:
+    """All layers for models up to 8 layers; else the middle half (where safety features live)."""
+    n = arch.n_layers(model)
+    if n <= 8:
+        return list(range(n))
+    return list(range(n // 4, (3 * n) // 4))
+
+
+class _LayerStats:
+    """The streamed statistics of one candidate layer."""
+
+    def __init__(self, acts_harm, acts_safe, paired: probe.Gram, safe: probe.Gram):
+        self.acts_harm, self.acts_safe, self.paired, self.safe = acts_harm, acts_safe, paired, safe
+
+
+def collect_stats(model, tokenizer, anchors: Anchors, cfg: EditConfig, layers: Sequence[int],
+                  *, progress: bool = False) -> dict[int, _LayerStats]:
+    """One streamed pass per prompt group over all candidate layers (float64 statistics)."""
+    kw = dict(batch_size=cfg.batch_size, progress=progress)
+    src_harm = [p for p in anchors.fit_harmful if p.lang == cfg.source]
+    src_safe = [p for p in anchors.fit_harmless if p.lang == cfg.source]
+    acts_h = probe.collect(model, tokenizer, chat_texts(tokenizer, src_harm), layers,
+                           position=cfg.position, what=("activations",), **kw)
+    acts_s = probe.collect(model, tokenizer, chat_texts(tokenizer, src_safe), layers,
+                           position=cfg.position, what=("activations",), **kw)
+    low, src = _pairs(anchors.fit_harmful, cfg.source, cfg.targets)
+    low_t, src_t = chat_texts(tokenizer, low), chat_texts(tokenizer, src)
+    conversations = anchors.fit_harmless + src_harm
+    safe = probe.collect(model, tokenizer, chat_texts(tokenizer, conversations, with_response=True), layers,
+                         position="all", what=("mlp_inputs",), **kw)
+    paired = probe.collect_paired(model, tokenizer, low_t, src_t, layers, position=cfg.position, **kw)
+    return {layer: _LayerStats(acts_h[layer]["activations"], acts_s[layer]["activations"], paired[layer],
+                               safe[layer]["mlp_inputs"]) for layer in layers}
+
+
+def edit_gram(model, layer: int, module: str, idx: torch.Tensor, st: _LayerStats) -> solver.EditGram:
+    """Per-row normalised EditGram of one module (see the module docstring)."""
+    w = arch.neuron_weight(model, layer, module).detach()
+    w_s = w[idx.to(w.device)].T.to(torch.float64).cpu()                     # W_S, d_in x m
+    xtx = st.paired.xtx.cpu()
+    xtd = (st.paired.xty.cpu() - xtx) @ w_s                                  # X_low^T D_S
+    n_low, n_safe = st.paired.n, st.safe.n
+    return solver.EditGram(xtx / n_low, xtd / n_low, st.safe.xtx.cpu() / n_safe,
+                           n_low=n_low, n_safe=n_safe)
+
+
+def solve_factors(g: solver.EditGram, cfg: EditConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) with dW = A @ B by the configured solver (Theorem 4.1 by default)."""
+    rank = min(cfg.rank, g.d_in, g.m)
+    if cfg.solver == "whitened":
+        return solver.low_rank_factors(g, rank=rank, gamma=cfg.gamma, lam=cfg.lam)
+    if cfg.solver == "ridge":  # the unconstrained solution, stored exactly (full rank)
+        m = solver.ridge(g, gamma=cfg.gamma, lam=cfg.lam)
+        return m, torch.eye(g.m, dtype=m.dtype)
+    if cfg.solver == "naive":
+        dw = solver.naive_truncation(g, rank=rank, gamma=cfg.gamma, lam=cfg.lam)
+    else:
+        dw = solver.solve_nullspace(g, rank=rank, lam=cfg.lam, threshold=cfg.nullspace_threshold)
+    u, s, vh = torch.linalg.svd(dw, full_matrices=False)
+    return u[:, :rank] * s[:rank], vh[:rank]
+
+
+def build_edit(model, layer: int, idx: torch.Tensor, st: _LayerStats, cfg: EditConfig) -> SparseEdit:
+    factors = {}
+    for module in cfg.modules:
+        a, b = solve_factors(edit_gram(model, layer, module, idx, st), cfg)
+        factors[module] = (a.float(), b.float())
+    hparams = {"rank": cfg.rank, "gamma": cfg.gamma, "lam": cfg.lam, "position": cfg.position,
+               "solver": cfg.solver, "targets": list(cfg.targets),
+               "source": cfg.source, "tau_mag": cfg.tau_mag, "tau_stat": cfg.tau_stat, "seed": cfg.seed}
+    return SparseEdit(layer=layer, modules=cfg.modules, neurons=idx, factors=factors, hparams=hparams,
+                      base_fingerprint=fingerprint(model, layer), model_type=arch.get_arch(model).model_type)
+
+
+def _score(model, edit: SparseEdit, anchors: Anchors, cfg: EditConfig, margin: MarginFn) -> dict:
+    """Validation score: margin gain on target harmful minus margin gain on harmless prompts."""
+    harm = [p for p in anchors.val_harmful if p.lang in cfg.targets]
+    safe = list(anchors.val_harmless)
+    src = [p for p in anchors.val_harmful if p.lang == cfg.source]
+    before = [margin(model, group).mean().item() for group in (harm, safe, src)]
+    with edit.applied(model):
+        after = [margin(model, group).mean().item() for group in (harm, safe, src)]
+    gain_h, gain_s, gain_src = (a - b for a, b in zip(after, before))
+    return {"val_gain_harmful": gain_h, "val_gain_harmless": gain_s, "val_gain_source": gain_src,
+            "score": gain_h - max(gain_s, 0.0) - max(-gain_src, 0.0)}
+
+
+def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt], cfg: EditConfig,
+        *, margin: MarginFn | None = None, progress: bool = False) -> tuple[SparseEdit, FitReport]:
+    """Fit the paper's edit (Algorithm 1). See the module docstring for each step."""
+    if cfg.layer == "auto" and margin is None:
+        raise ValueError("layer='auto' needs a margin function to score candidate layers; pass margin= "
+                         "or an explicit layer")
+    anchors = split_anchors(harmful, harmless, cfg.val_fraction, cfg.seed)
+    if cfg.layer == "auto":
+        layers = list(cfg.candidate_layers or default_candidates(model))
+    else:
+        n = arch.n_layers(model)
+        if not 0 <= int(cfg.layer) < n:
+            raise ValueError(f"layer {cfg.layer} is out of range: this model has layers 0..{n - 1}")
+        layers = [int(cfg.layer)]
+    t0 = time.perf_counter()
+    stats = collect_stats(model, tokenizer, anchors, cfg, layers, progress=progress)
+    report = FitReport(layer=-1, n_neurons=0, collect_seconds=time.perf_counter() - t0)
+    best = None
+    for layer in layers:
+        st = stats[layer]
+        sets = neurons.safety_neurons_from_moments(st.acts_harm, st.acts_safe,
+                                                   tau_mag=cfg.tau_mag, tau_stat=cfg.tau_stat)
+        report.neuron_sets[layer] = sets
+        idx = sets.s_safety
+        row = {"layer": layer, "n_neurons": int(idx.numel()),
+               "separability": float(sets.cohens_d[sets.s_safety].clamp(max=1e6).mean())
+               if sets.s_safety.numel() else 0.0}
+        if idx.numel() == 0:
+            report.candidates.append({**row, "score": float("-inf")})
+            continue
+        t1 = time.perf_counter()
+        edit = build_edit(model, layer, idx, st, cfg)
+        solve_s = time.perf_counter() - t1
+        if len(layers) > 1:
+            t2 = time.perf_counter()
+            row.update(_score(model, edit, anchors, cfg, margin))
+            report.select_seconds += time.perf_counter() - t2
+        else:
+            row["score"] = 0.0
+        row["solve_seconds"] = solve_s
+        report.candidates.append(row)
+        if best is None or row["score"] > best[0]["score"]:
+            best = (row, edit, st)
+    if best is None:
+        raise ValueError(f"no candidate layer in {layers} has any safety neuron at tau_mag={cfg.tau_mag}, "
+                         f"tau_stat={cfg.tau_stat}; lower the thresholds or give more anchors")
+    row, edit, st = best
+    report.layer, report.n_neurons = row["layer"], row["n_neurons"]
+    report.solve_seconds, report.n_low, report.n_safe = row["solve_seconds"], st.paired.n, st.safe.n
+    report.stats = st
+    return edit, report
+
