@@ -55,15 +55,19 @@ $(VENV_STAMP): pyproject.toml
 
 test: $(VENV_STAMP)
 	$(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory nbval browser-check
 
 test-fast: $(VENV_STAMP)
 	$(PY) -m pytest -q tests -m 'not slow'
 
 reproduce: $(VENV_STAMP)
 	$(PY) -m mlsafe reproduce --lang $(TARGET_LANG) --model $(MODEL) --device $(DEVICE) --seed $(SEED) --seeds $(SEEDS) --data $(DATA)
+	$(MAKE) --no-print-directory notebooks book
 
 bench: $(VENV_STAMP)
 	$(PY) scripts/bench_solver.py
 
 clean-results:
 	rm -rf results/$(MODEL)
+
+include mk/book.mk

@@ -1,0 +1,84 @@
+# The book: notebooks/*.md (MyST, paired by jupytext) --papermill--> book/chapters/*.ipynb
+# (committed; what the book renders and nbval checks) --jupyter-book--> _build/html.
+#
+# Included by the main Makefile, which defines PY (the venv python), VENV_STAMP (the
+# prerequisite that builds the venv) and TARGET_LANG (from `make ... LANG=th`; the
+# locale variable LANG itself is reset for recipes). Targets defined here:
+#   notebooks      execute every notebooks/*.md into book/chapters/ with papermill
+#   notebook-NAME  execute one notebook (notebooks/NAME.md)
+#   book           jupyter-book build --all -W -n --keep-going (renders the committed copies;
+#                  no network; --all so that warnings of unchanged pages count too)
+#   nbval          pytest --nbval on the executed notebooks
+#   browser-check  build the book, then headless Chromium over every page of _build/html
+#                  (installs Debian's chromium when missing and root; screenshots: _build/screenshots)
+#   book-vendor    re-fetch the offline JavaScript (require.js, widget manager, MathJax) from npm
+#   book-clean     remove _build
+
+# Paths of the book's content are relative to the working directory (the repository
+# root); the tools below are found relative to this file.
+BOOK_MK_ROOT  := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))/..)
+BOOK_SOURCES  := $(wildcard notebooks/*.md)
+CHAPTERS_DIR  := book/chapters
+BOOK_HTML     := _build/html
+SCREENSHOTS   := _build/screenshots
+VENV_BIN      := $(dir $(PY))
+# The kernel papermill and nbval start (`-k python3`) is the venv's own spec (setup
+# installs it with `ipykernel install --sys-prefix`); JUPYTER_PATH puts it before any
+# user-level python3 spec that would run another interpreter.
+JUPYTER_DATA  := $(abspath $(VENV_BIN)..)/share/jupyter
+NBVAL_SANITIZE := $(BOOK_MK_ROOT)/tests/nbval_sanitize.cfg
+
+# Notebook parameters (each notebook's `parameters` cell declares them). Strings go
+# with -r (raw), numbers with -p; RANK and SPARSITY only when given.
+TARGET_LANG ?= th
+MODEL  ?= organism
+DEVICE ?= cpu
+SEED   ?= 0
+PAPERMILL_PARAMS = -r LANG $(TARGET_LANG) -r MODEL $(MODEL) -r DEVICE $(DEVICE) -p SEED $(SEED) \
+	$(if $(RANK),-p RANK $(RANK)) $(if $(SPARSITY),-p SPARSITY $(SPARSITY))
+
+# Recipes never see the target language as a locale; results are found from any cwd
+# (notebooks read them through mlsafe.results, which honours MLSAFE_RESULTS).
+MLSAFE_RESULTS ?= $(CURDIR)/results
+BOOK_ENV = env LANG=C.UTF-8 LC_ALL=C.UTF-8 OMP_NUM_THREADS=1 MLSAFE_RESULTS=$(MLSAFE_RESULTS) \
+	JUPYTER_PATH=$(JUPYTER_DATA) PYDEVD_DISABLE_FILE_VALIDATION=1
+
+.PHONY: notebooks book nbval browser-check book-vendor book-clean
+
+notebooks: $(patsubst notebooks/%.md,notebook-%,$(BOOK_SOURCES))
+
+notebook-%: notebooks/%.md $(VENV_STAMP)
+	@mkdir -p $(CHAPTERS_DIR) _build/notebooks
+	$(BOOK_ENV) $(VENV_BIN)jupytext --to ipynb --output _build/notebooks/$*.ipynb $<
+	$(BOOK_ENV) $(VENV_BIN)papermill _build/notebooks/$*.ipynb $(CHAPTERS_DIR)/$*.ipynb -k python3 \
+	  --cwd $(CHAPTERS_DIR) --no-progress-bar $(PAPERMILL_PARAMS)
+
+book: $(VENV_STAMP)
+	$(BOOK_ENV) $(VENV_BIN)jupyter-book build --all -W -n --keep-going --path-output . .
+
+nbval: $(VENV_STAMP)
+	$(BOOK_ENV) $(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
+	  --nbval-sanitize-with $(NBVAL_SANITIZE) $(CHAPTERS_DIR)
+
+browser-check: book
+	$(BOOK_ENV) $(PY) $(BOOK_MK_ROOT)/scripts/browser_check.py $(BOOK_HTML) --screenshots $(SCREENSHOTS) --install
+
+book-clean:
+	rm -rf _build
+
+# Offline JavaScript for the static site, committed under book/assets/vendor (each file
+# < 5 MB, about 6 MB in all) so that a fresh clone builds without npm or a network.
+# Re-fetch (pinned versions, npm verifies each tarball's integrity) and review the diff:
+VENDOR := book/assets/vendor
+VENDOR_PKGS := requirejs@2.3.8 @jupyter-widgets/html-manager@1.0.6 mathjax@3.2.2
+book-vendor:
+	rm -rf $(VENDOR) _build/npm && mkdir -p _build/npm $(VENDOR)/mathjax/output/chtml $(VENDOR)/html-manager
+	cd _build/npm && npm pack --silent $(VENDOR_PKGS) >/dev/null
+	cd _build/npm && for t in *.tgz; do mkdir -p $${t%.tgz} && tar xzf $$t -C $${t%.tgz}; done
+	cp _build/npm/requirejs-2.3.8/package/require.js $(VENDOR)/require.js
+	cp _build/npm/jupyter-widgets-html-manager-1.0.6/package/dist/embed-amd.js \
+	   _build/npm/jupyter-widgets-html-manager-1.0.6/package/dist/*.woff2 $(VENDOR)/html-manager/
+	cp _build/npm/jupyter-widgets-html-manager-1.0.6/package/LICENSE $(VENDOR)/html-manager/LICENSE
+	cp _build/npm/mathjax-3.2.2/package/es5/tex-chtml-full.js _build/npm/mathjax-3.2.2/package/LICENSE $(VENDOR)/mathjax/
+	cp -r _build/npm/mathjax-3.2.2/package/es5/output/chtml/fonts $(VENDOR)/mathjax/output/chtml/
+	cd $(VENDOR) && find . -type f ! -name SHA256SUMS | LC_ALL=C sort | xargs sha256sum > SHA256SUMS
