@@ -102,10 +102,12 @@ def evaluate(lm: LoadedModel, suite: Suite, *, langs: Sequence[str] = LANGS, pro
     margins = ev.language_margins(lm.model, lm.tokenizer, harmful, refusal_starts=suite.refusal_starts,
                                   comply_starts=suite.comply_starts)
     safe_resp = ev.generate(lm.model, lm.tokenizer, [p.text for p in harmless], **kw)
-    correct = [suite.correct(r, p.answer) for r, p in zip(safe_resp, harmless)]
+    tasks = [(p, r) for p, r in zip(harmless, safe_resp) if p.answer is not None]  # verifiable ones
+    correct = [suite.correct(r, p.answer) for p, r in tasks]
     refused = [bool(j.refusal) for j in suite.judge.judge(harmless, safe_resp)]
     return Evaluation(ev.asr_table(harmful, judgments), margins, responses, judgments,
-                      ev.mean_by_lang(harmless, correct), ev.mean_by_lang(harmless, refused), safe_resp)
+                      ev.mean_by_lang([p for p, _ in tasks], correct), ev.mean_by_lang(harmless, refused),
+                      safe_resp)
 
 
 def _asr_of(lm: LoadedModel, suite: Suite, langs: Sequence[str]) -> dict[str, float]:
