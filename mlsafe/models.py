@@ -1,6 +1,7 @@
 """Load a model by the name `make reproduce MODEL=...` takes.
 
-- ``organism``: the project's own CPU model organism (trained or loaded from cache);
+- ``organism``: the project's own CPU model organism (trained or loaded from cache), safety
+  aligned sparsely (planted safety neurons); ``organism-dense``: the same, aligned densely;
 - ``gemma-270m``: the PyPI-packaged Gemma-3-270m, safety-tuned in English only;
 - anything else: a local folder or a hub id, loaded with ``transformers``
   (``device_map="auto"`` on CUDA so a large model spreads over GPUs, bf16 where the
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-BUILTIN = ("organism", "gemma-270m")
+BUILTIN = ("organism", "organism-dense", "gemma-270m")
 
 
 @dataclass
@@ -40,15 +41,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(spec: str, device: str = "cpu", *, seed: int = 0, variant: str = "sparse") -> LoadedModel:
+def load_model(spec: str, device: str = "cpu", *, seed: int = 0) -> LoadedModel:
     """Load `spec` (see module docstring) on `device`, in eval mode."""
     device = resolve_device(device)
-    if spec == "organism":
+    if spec in ("organism", "organism-dense"):
         from mlsafe.organism import load_or_train
 
-        model, tok = load_or_train(seed=seed, variant=variant)
-        name = "organism" if variant == "sparse" else f"organism-{variant}"
-        return LoadedModel(model.to(device).eval(), tok, name, "organism")
+        model, tok = load_or_train(seed=seed, variant="dense" if spec.endswith("dense") else "sparse")
+        return LoadedModel(model.to(device).eval(), tok, spec, "organism")
     if spec == "gemma-270m":
         from mlsafe.gemma import load_or_tune
 

@@ -52,7 +52,7 @@ def organism_suite(seed: int, lm: LoadedModel) -> Suite:
 
     c = organism.build_corpus(seed=seed)
     starts = lambda table: {lang: [word] for lang, word in table.items()}  # noqa: E731
-    planted = organism.planted_neurons(lm.model) if hasattr(organism, "planted_neurons") else None
+    planted = getattr(lm.model.config, "mlsafe_planted", None)  # {"variant", "layer", "neurons", ...}
     return Suite("organism-corpus", c.anchors_harmful, c.anchors_harmless, c.eval_harmful, c.eval_harmless,
                  ev.RefusalPhraseJudge(phrases={}, extra_check=organism.is_refusal),
                  starts(organism.REFUSAL_STARTS), starts(organism.COMPLY_STARTS),
@@ -199,11 +199,12 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
 
 def _planted_overlap(planted: dict, report: transfer.FitReport) -> dict:
     """How much of the organism's planted safety mechanism the found set covers."""
-    layer, found = report.layer, set(report.neuron_sets[report.layer].s_safety.tolist())
-    true = set(planted.get(str(layer), planted.get(layer, [])))
-    return {"planted_layers": sorted(int(k) for k in planted), "at_edit_layer": len(true),
-            "found": len(found), "recall": len(found & true) / len(true) if true else None,
-            "precision": len(found & true) / len(found) if found else None}
+    found = set(report.neuron_sets[report.layer].s_safety.tolist())
+    true = set(planted["neurons"]) if planted["layer"] == report.layer else set()
+    hit = len(found & true)
+    return {"variant": planted.get("variant"), "layer": planted["layer"], "n_planted": len(planted["neurons"]),
+            "found_at_edit_layer": len(found), "recall": hit / len(planted["neurons"]),
+            "precision": hit / len(found) if found else None}
 
 
 def versions() -> dict:

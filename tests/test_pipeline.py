@@ -1,0 +1,73 @@
+"""`make reproduce` end to end on a tiny random Qwen2 (fixtures, phrase judge), plus the models CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mlsafe import models, pipeline, results, tiny
+from mlsafe.__main__ import main
+from mlsafe.edit import SparseEdit
+from mlsafe.langs import LANGS
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return tiny.build(tmp_path_factory.mktemp("tiny"), seed=0, archs=("qwen2",))["qwen2"]
+
+
+@pytest.mark.slow
+def test_reproduce_writes_the_common_schema(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RESULTS_ROOT", tmp_path)
+    path = pipeline.reproduce("th", str(tiny_dir), seed=0, progress=False)
+    assert path == tmp_path / "qwen2" / "th" / "summary.json"
+    s = json.loads(path.read_text())
+    assert s["model"] == "qwen2" and s["target_langs"] == ["th"] and s["langs"] == list(LANGS)
+    for block in ("asr", "utility", "margin"):
+        assert set(s[block]) == {"before", "after"}
+    for when in ("before", "after"):
+        assert set(s["asr"][when]) == set(LANGS)
+        for lang, value in s["asr"][when].items():
+            lo, hi = s["asr_ci"][when][lang]
+            assert 0.0 <= lo <= value <= hi <= 1.0
+    e = s["edit"]
+    for key in ("layer", "n_neurons", "rank", "gamma", "lam", "fraction_of_parameters", "solve_seconds",
+                "total_seconds", "random_control"):
+        assert key in e
+    assert 0 < e["fraction_of_parameters"] < 1 and set(e["random_control"]["asr"]) == {"th"}
+    for name in ("responses_before.csv", "responses_after.csv", "edit.safetensors"):
+        assert (path.parent / name).is_file()
+
+    # the saved edit belongs to this model and no other
+    edit = SparseEdit.load(path.parent / "edit.safetensors")
+    assert edit.layer == e["layer"] and edit.neurons.numel() == e["n_neurons"]
+    lm = models.load_model(str(tiny_dir))
+    with edit.applied(lm.model):
+        pass
+    other = tiny.build_model("qwen2", lm.tokenizer, seed=1)
+    with pytest.raises(ValueError, match="fingerprint"):
+        edit.apply(other)
+
+
+def test_cli_rejects_an_unknown_language(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--lang", "xx"])
+    assert "unknown target language" in capsys.readouterr().err
+
+
+def test_load_model_errors_name_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="owner/name"):
+        models.load_model(str(tmp_path / "missing"))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="DEVICE=cpu"):
+            models.resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown DEVICE"):
+        models.resolve_device("tpu")
+
+
+def test_tiny_folder_loads_as_a_test_model(tiny_dir):
+    lm = models.load_model(str(tiny_dir))
+    assert lm.kind == "tiny" and lm.name == "qwen2"
+    assert not lm.model.training
