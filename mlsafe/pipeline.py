@@ -233,8 +233,13 @@ def seed_block(runs: list[dict]) -> dict:
 
 
 def reproduce(lang: str, model: str = "organism", *, device: str = "cpu", seed: int = 0,
-              seeds: Sequence[int] = (), data: str = "auto", progress: bool = True, **overrides) -> Path:
-    """The main job. The seed `seed` run is the summary; other `seeds` add a spread block."""
+              seeds: Sequence[int] = (), data: str = "auto", progress: bool = True, extras: bool = True,
+              **overrides) -> Path:
+    """The main job. The seed `seed` run is the summary; other `seeds` add a spread block.
+
+    With `extras`, the safety-neuron diagnostics (diagnostics.json) and the lab's rank x
+    sparsity grid (lab_grid.json) of the main seed are written beside summary.json.
+    """
     targets = parse_targets(lang)
     runs = {}
     out_dir = results_dir(model, target_key(targets))
@@ -250,5 +255,10 @@ def reproduce(lang: str, model: str = "organism", *, device: str = "cpu", seed: 
         main["over_seeds"] = seed_block(list(runs.values()))
     path = out_dir / "summary.json"
     write_json(path, main)
+    if extras:
+        from mlsafe import diagnostics, lab
+
+        diagnostics.run(model, lang, device=device, seed=seed, data=data, out_dir=out_dir)
+        lab.precompute(model, lang, device=device, seed=seed, data=data, out_dir=out_dir, config=overrides)
     return path
 

@@ -21,7 +21,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_reproduce_writes_the_common_schema(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(results, "RESULTS_ROOT", tmp_path)
-    path = pipeline.reproduce("th", str(tiny_dir), seed=0, progress=False)
+    path = pipeline.reproduce("th", str(tiny_dir), seed=0, progress=False, extras=False)
     assert path == tmp_path / "qwen2" / "th" / "summary.json"
     s = json.loads(path.read_text())
     assert s["model"] == "qwen2" and s["target_langs"] == ["th"] and s["langs"] == list(LANGS)
