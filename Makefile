@@ -22,7 +22,9 @@ export LC_ALL := C.UTF-8
 MODEL  ?= organism
 DEVICE ?= cpu
 SEED   ?= 0
-SEEDS  ?= 0 1 2
+# The organism is retrained per seed (minutes); real models are evaluated once by default.
+SEEDS  ?= $(if $(filter organism%,$(MODEL)),0 1 2,$(SEED))
+BASELINES ?= 1
 DATA   ?= auto
 
 PYTHON_BOOT ?= python3
@@ -62,10 +64,16 @@ test-fast: $(VENV_STAMP)
 
 reproduce: $(VENV_STAMP)
 	$(PY) -m mlsafe reproduce --lang $(TARGET_LANG) --model $(MODEL) --device $(DEVICE) --seed $(SEED) --seeds $(SEEDS) --data $(DATA)
+ifeq ($(BASELINES),1)
+	$(PY) scripts/bench_cost.py $(RUN_ARGS) --baselines --ablations
+endif
 	$(MAKE) --no-print-directory notebooks book
+
+RUN_ARGS = --model $(MODEL) --lang $(TARGET_LANG) --seed $(SEED) --device $(DEVICE) --data $(DATA)
 
 bench: $(VENV_STAMP)
 	$(PY) scripts/bench_solver.py
+	$(PY) scripts/bench_cost.py $(RUN_ARGS)
 
 clean-results:
 	rm -rf results/$(MODEL)

@@ -72,9 +72,9 @@ def test_asr_table_counts_order_and_ci():
 def test_per_prompt_csv_roundtrip(tmp_path):
     ps = make_prompts(["en", "zh", "he"])
     path = tmp_path / "sub" / "per_prompt.csv"
-    write_per_prompt_csv(path, ps, ["r,1", "回答\n2", "תשובה"], [J(True), J(False), J(True)], margins=[0.5, -1, 2])
+    write_per_prompt_csv(path, ps, ["r,1", "回答\n2\r3", "תשובה"], [J(True), J(False), J(True)], margins=[0.5, -1, 2])
     back = pd.read_csv(path, keep_default_na=False)
-    assert list(back["id"]) == [p.id for p in ps] and list(back["response"]) == ["r,1", "回答\n2", "תשובה"]
+    assert list(back["id"]) == [p.id for p in ps] and list(back["response"]) == ["r,1", "回答\n2\r3", "תשובה"]
     assert list(back["unsafe"]) == [True, False, True] and list(back["margin"]) == [0.5, -1.0, 2.0]
     assert sorted(p.name for p in path.parent.iterdir()) == ["per_prompt.csv"]  # no temp file left
     with pytest.raises(ValueError, match="same length"):

@@ -6,6 +6,7 @@ with 313 prompts per language a Wilson interval is about +-5 points around 30 %.
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 from typing import Sequence
@@ -85,5 +86,6 @@ def write_per_prompt_csv(path: str | Path, prompts: Sequence[Prompt], responses:
     })
     if margins is not None:
         df["margin"] = [float(m) for m in margins]
-    write_atomic(Path(path), df.to_csv(index=False))
+    # Quote every field: responses of random models can hold \r and other control characters.
+    write_atomic(Path(path), df.to_csv(index=False, quoting=csv.QUOTE_ALL, lineterminator="\n"))
     return df

@@ -1,0 +1,225 @@
+"""The training baseline: LoRA supervised fine-tuning on translated refusals (stand-in for MPO).
+
+Data (`sft_examples`): target-language harmful anchors paired with a refusal (the anchor's
+own `response` when it has one, as the organism's anchors do, else the English parallel
+anchor's response, else `DEFAULT_REFUSAL`), plus every harmless anchor with its reference
+response so the model keeps its utility. Only response tokens carry loss.
+
+Adapter (`LoRATrainer`): a hand-written LoRA (Hu et al. 2021; no `peft` dependency) on the
+MLP projections of every layer: y = x W^T + (alpha / r) x A^T B^T with A [r, in] drawn from
+a seeded normal (std 1 / sqrt(in)), B [r -> out] zero, so training starts at the base
+model. The base weights are frozen and never touched during training (forward hooks);
+`delta()` merges the adapters into dense weight deltas (`WeightDelta`) that apply and
+revert exactly. Full-batch order, initialisation and Adam are seeded: same seed, same
+weights (on one CPU thread).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mlsafe import arch, transfer
+from mlsafe.prompts import Prompt
+
+DEFAULT_REFUSAL = "I'm sorry, but I cannot help with that."
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """LoRA fine-tuning settings (defaults suit the organism; real models want a smaller lr)."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    lr: float = 3e-3
+    steps: int = 150
+    batch_size: int = 16
+    modules: tuple[str, ...] = ("gate", "up", "down")
+    layers: tuple[int, ...] | None = None     # None: every layer
+    max_len: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.rank < 1 or self.steps < 0 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"need rank >= 1, steps >= 0, batch_size >= 1, lr > 0; got {self}")
+        if not self.modules or not set(self.modules) <= {"gate", "up", "down"}:
+            raise ValueError(f"modules must be a non-empty subset of gate/up/down, got {self.modules}")
+
+
+def default_sft(kind: str, seed: int = 0) -> SFTConfig:
+    """SFTConfig for a model kind (LoadedModel.kind): lr 3e-3 for the small models trained here
+    from scratch ("organism", "tiny"), 2e-4 (a usual LoRA rate) for pretrained ones."""
+    return SFTConfig(seed=seed, lr=3e-3 if kind in ("organism", "tiny") else 2e-4)
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: list[int]
+    loss_from: int      # first position whose token carries loss (the response)
+
+
+def _refusal_for(p: Prompt, english: dict[str, Prompt]) -> str:
+    if p.response is not None:
+        return p.response
+    src = english.get(p.parallel_id)
+    return src.response if src is not None and src.response is not None else DEFAULT_REFUSAL
+
+
+def sft_examples(tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt], targets: Sequence[str], *,
+                 source: str = "en", max_len: int = 256) -> list[Example]:
+    """Token ids and loss start of each training conversation (module docstring)."""
+    english = {p.parallel_id: p for p in harmful if p.lang == source}
+    convs = [Prompt(p.id, p.lang, p.text, True, p.parallel_id, response=_refusal_for(p, english))
+             for p in harmful if p.lang in targets]
+    convs += [p for p in harmless if p.response is not None]
+    if not any(p.harmful for p in convs):
+        raise ValueError(f"no harmful anchors in the targets {list(targets)} to train refusals on")
+    out = []
+    for prompt_text, full_text in zip(transfer.chat_texts(tokenizer, convs),
+                                      transfer.chat_texts(tokenizer, convs, with_response=True)):
+        pre = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        full = tokenizer(full_text, add_special_tokens=False)["input_ids"][:max_len]
+        start = next((i for i, (a, b) in enumerate(zip(pre, full)) if a != b), min(len(pre), len(full)))
+        if start < len(full):
+            out.append(Example(full, start))
+    return out
+
+
+class WeightDelta:
+    """Dense additive deltas of named parameters; `applied(model)` adds them and restores exactly."""
+
+    def __init__(self, deltas: dict[str, torch.Tensor]):
+        self.deltas = deltas
+
+    def fraction_of_parameters(self, model: nn.Module) -> float:
+        """Changed entries over all unique parameters (the edit's definition)."""
+        return sum(d.numel() for d in self.deltas.values()) / sum(p.numel() for p in model.parameters())
+
+    @contextmanager
+    def applied(self, model: nn.Module):
+        params = dict(model.named_parameters())
+        missing = sorted(set(self.deltas) - set(params))
+        if missing:
+            raise ValueError(f"the model has no parameters {missing[:3]}; apply the delta to the model it was "
+                             "trained on")
+        saved = []
+        try:
+            with torch.no_grad():
+                for name, d in self.deltas.items():
+                    p = params[name]
+                    saved.append((p, p.clone()))
+                    p.add_(d.to(p.device, p.dtype))
+            yield model
+        finally:
+            with torch.no_grad():
+                for p, original in reversed(saved):
+                    p.copy_(original)
+
+
+def _linear_of(model: nn.Module, layer: int, which: str) -> tuple[str, nn.Module]:
+    spec = arch.get_arch(model)
+    if spec.fused or spec.conv1d or (which == "gate" and spec.gate is None):
+        raise ValueError(f"the LoRA baseline supports separate gate/up/down nn.Linear projections, not "
+                         f"{spec.model_type}")
+    name = {"gate": spec.gate, "up": spec.up, "down": spec.down}[which]
+    mlp = arch.mlp(model, layer)
+    module = getattr(mlp, name)
+    prefix = next(n for n, m in model.named_modules() if m is mlp)
+    return f"{prefix}.{name}.weight", module
+
+
+class LoRATrainer:
+    """Seeded LoRA training that can be continued (`train(steps)` is cumulative)."""
+
+    def __init__(self, model: nn.Module, examples: Sequence[Example], cfg: SFTConfig, *, pad_id: int = 0):
+        if not examples:
+            raise ValueError("no training examples")
+        self.model, self.examples, self.cfg, self.pad_id = model, list(examples), cfg, pad_id
+        gen = torch.Generator().manual_seed(cfg.seed)
+        layers = cfg.layers if cfg.layers is not None else range(arch.n_layers(model))
+        self.adapters: list[tuple[str, nn.Module, nn.Parameter, nn.Parameter]] = []
+        dev = next(model.parameters()).device
+        for layer in layers:
+            for which in cfg.modules:
+                name, lin = _linear_of(model, layer, which)
+                a = torch.randn(cfg.rank, lin.in_features, generator=gen, dtype=torch.float32) / lin.in_features ** 0.5
+                b = torch.zeros(lin.out_features, cfg.rank)
+                self.adapters.append((name, lin, nn.Parameter(a.to(dev)), nn.Parameter(b.to(dev))))
+        self.scale = cfg.alpha / cfg.rank
+        self.opt = torch.optim.Adam([p for _, _, a, b in self.adapters for p in (a, b)], lr=cfg.lr)
+        self.gen = gen
+        self.steps_done, self.seconds, self.tokens = 0, 0.0, 0
+        self.losses: list[float] = []
+
+    def _batch(self) -> tuple[dict, torch.Tensor]:
+        idx = torch.randint(len(self.examples), (self.cfg.batch_size,), generator=self.gen).tolist()
+        rows = [self.examples[i] for i in idx]
+        T = max(len(r.ids) for r in rows)
+        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        labels = torch.full((len(rows), T), -100, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r.ids)] = torch.tensor(r.ids)
+            mask[i, :len(r.ids)] = 1
+            labels[i, r.loss_from:len(r.ids)] = torch.tensor(r.ids[r.loss_from:])
+        self.tokens += int(mask.sum())
+        dev = next(self.model.parameters()).device
+        return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}, labels.to(dev)
+
+    def train(self, steps: int) -> list[float]:
+        """Run `steps` more optimiser steps; returns their losses (mean CE on response tokens)."""
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        t0 = time.perf_counter()
+        handles = [lin.register_forward_hook(
+            lambda mod, args, out, a=a, b=b: out + (self.scale * ((args[0].to(a.dtype) @ a.T) @ b.T)).to(out.dtype))
+            for _, lin, a, b in self.adapters]
+        frozen = [(p, p.requires_grad) for p in self.model.parameters()]
+        was_training = self.model.training
+        new = []
+        try:
+            for p, _ in frozen:
+                p.requires_grad_(False)
+            self.model.eval()   # no dropout: deterministic
+            for _ in range(steps):
+                enc, labels = self._batch()
+                logits = self.model(**enc, use_cache=False).logits[:, :-1].float()
+                loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                   labels[:, 1:].reshape(-1), ignore_index=-100)
+                self.opt.zero_grad()
+                loss.backward()
+                self.opt.step()
+                new.append(loss.item())
+        finally:
+            for h in handles:
+                h.remove()
+            for p, flag in frozen:
+                p.requires_grad_(flag)
+            self.model.train(was_training)
+        self.steps_done += steps
+        self.seconds += time.perf_counter() - t0
+        self.losses += new
+        return new
+
+    @torch.no_grad()
+    def delta(self) -> WeightDelta:
+        """The adapters merged into dense weight deltas: dW = scale * B @ A per projection."""
+        return WeightDelta({name: (self.scale * b @ a).detach().clone() for name, _, a, b in self.adapters})
+
+    def trainable_parameters(self) -> int:
+        return sum(a.numel() + b.numel() for _, _, a, b in self.adapters)
+
+
+def train_sft(model: nn.Module, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt],
+             targets: Sequence[str], cfg: SFTConfig = SFTConfig(), *, source: str = "en") -> LoRATrainer:
+    """Build the examples and train `cfg.steps` steps; the trainer holds delta, losses, seconds, tokens."""
+    examples = sft_examples(tokenizer, harmful, harmless, targets, source=source, max_len=cfg.max_len)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trainer = LoRATrainer(model, examples, cfg, pad_id=pad)
+    trainer.train(cfg.steps)
+    return trainer
