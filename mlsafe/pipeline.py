@@ -140,13 +140,13 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
     lm = load_model(model_spec, device, seed=seed)
     load_s = time.perf_counter() - t_load
     suite = make_suite(lm, data, seed, device)
-    before = evaluate(lm, suite, progress=progress)
 
     cfg = edit_config(targets, seed, suite, **overrides)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # fit first (it leaves the model untouched): bad anchors fail fast
     edit, report = transfer.fit(lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, cfg,
                                 margin=margin_fn(suite, lm.tokenizer), progress=progress)
     fit_s = time.perf_counter() - t0
+    before = evaluate(lm, suite, progress=progress)
     with edit.applied(lm.model):
         after = evaluate(lm, suite, progress=progress)
 

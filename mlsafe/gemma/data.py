@@ -315,9 +315,12 @@ def _harmful_parallel(split: str) -> list[Prompt]:
         for t, tmpl in enumerate(templates[split]):
             for f, fill in enumerate(fillers[split]):
                 pid = f"{split}-harm-{kind}{t}-{f}"
+                # English originals carry the tuned refusal: the edit protects whole English
+                # harmful conversations (mlsafe.transfer builds X_safe from them).
+                refusal = REFUSALS_EN[(t + f) % len(REFUSALS_EN)]
                 for lang in LANGS:
                     out.append(Prompt(id=f"{pid}-{lang}", lang=lang, text=tmpl[lang].format(**{slot: fill[lang]}),
-                                      harmful=True, parallel_id=pid))
+                                      harmful=True, parallel_id=pid, response=refusal if lang == "en" else None))
     return out
 
 
