@@ -34,6 +34,13 @@ def _hash_tensor(h, t: torch.Tensor) -> None:
     h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
 
 
+def sample_indices(n: int, k: int = _SAMPLES_PER_TENSOR) -> torch.Tensor:
+    """min(k, n) evenly spaced indices of [0, n), in exact integer arithmetic (a float
+    linspace rounds past the end for tensors above 2^24 entries, e.g. a 262k-token embedding)."""
+    k = min(k, n)
+    return torch.arange(k, dtype=torch.long) * (n - 1) // max(k - 1, 1)
+
+
 def fingerprint(model: nn.Module, layer: int | None = None) -> str:
     """sha256 of a model's identity, cheap even for a 7B model.
 
@@ -47,9 +54,7 @@ def fingerprint(model: nn.Module, layer: int | None = None) -> str:
     for name, p in model.named_parameters():
         h.update(f"|{name}|{tuple(p.shape)}|{p.dtype}".encode())
         flat = p.detach().reshape(-1)
-        idx = torch.linspace(0, flat.numel() - 1, min(_SAMPLES_PER_TENSOR, flat.numel()),
-                             device=flat.device).long()
-        _hash_tensor(h, flat[idx])
+        _hash_tensor(h, flat[sample_indices(flat.numel()).to(flat.device)])
     if layer is not None:
         h.update(f"|layer={layer}".encode())
         for p in arch.mlp(model, layer).parameters():

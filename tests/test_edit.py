@@ -197,3 +197,12 @@ def test_scaled_neurons_is_eq1_and_restores(model_type):
         with scaled_neurons(model, {0: NEURONS, 1: torch.tensor([2, 2])}, 2.0):
             pass
     _assert_identical(model, before)  # the layer-0 scaling was undone although layer 1 failed
+
+
+@pytest.mark.parametrize("n", [1, 5, 1024, 1025, 167_772_160, 2**31 + 7])
+def test_fingerprint_samples_stay_inside_large_tensors(n):
+    from mlsafe.edit import sample_indices
+
+    idx = sample_indices(n)
+    assert idx.numel() == min(n, 1024) and int(idx[0]) == 0 and int(idx[-1]) == n - 1
+    assert bool((idx[1:] > idx[:-1]).all())
