@@ -47,6 +47,9 @@ BOOK_ENV = env LANG=C.UTF-8 LC_ALL=C.UTF-8 OMP_NUM_THREADS=1 MLSAFE_RESULTS=$(ML
 
 notebooks: $(patsubst notebooks/%.md,notebook-%,$(BOOK_SOURCES))
 
+# Chapter 8 is about the Gemma backbone, whatever MODEL the other chapters show.
+notebook-08_gemma: override MODEL = gemma-270m
+
 notebook-%: notebooks/%.md $(VENV_STAMP)
 	@mkdir -p $(CHAPTERS_DIR) _build/notebooks
 	$(BOOK_ENV) $(VENV_BIN)jupytext --to ipynb --output _build/notebooks/$*.ipynb $<
