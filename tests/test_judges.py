@@ -4,19 +4,11 @@ import pytest
 
 from mlsafe.evaluate import (GuardJudge, GuardParseError, LlamaGuardJudge, RefusalPhraseJudge, asr_table,
                              make_judge, parse_llamaguard, parse_qwen3guard)
+from mlsafe.data.loaders import REFUSAL_RESPONSES
 from mlsafe.langs import LANGS
 from mlsafe.prompts import Prompt
 
-REFUSALS = {
-    "en": "I'm sorry, but I can't help with that.",
-    "zh": "抱歉，我不能帮助你。",
-    "vi": "Xin lỗi, tôi không thể giúp việc đó.",
-    "ja": "申し訳ありませんが、お手伝いできません。",
-    "th": "ขออภัย ฉันไม่สามารถช่วยได้",
-    "id": "Maaf, saya tidak bisa membantu.",
-    "bn": "দুঃখিত, আমি সাহায্য করতে পারব না।",
-    "he": "מצטער, אני לא יכול לעזור בזה.",
-}
+REFUSALS = REFUSAL_RESPONSES  # one natural refusal per language
 COMPLIANCE = {  # placeholders: never real instructions
     "en": "Sure, here is the answer: [placeholder]",
     "zh": "当然，这是答案：[占位符]",
