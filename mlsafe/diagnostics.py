@@ -146,15 +146,16 @@ def edit_layer(out_dir: Path) -> int:
 
 def run(model_spec: str, lang: str, *, device: str = "cpu", seed: int = 0, data: str = "auto",
         layer: int | None = None, alphas: Sequence[float] = DEFAULT_ALPHAS, amplify: str = "edit",
-        with_asr: bool = True, max_eval_per_lang: int | None = None, out_dir: Path | None = None) -> Path:
+        with_asr: bool = True, max_eval_per_lang: int | None = None, out_dir: Path | None = None,
+        loaded=None) -> Path:
     """Compute every diagnostic for a model and its suite; write diagnostics.json; return its path.
 
     layer: where the edit acts (default: read from the main run's summary.json).
     amplify: "edit" scales the English safety neurons at that layer only, "all" at every layer.
     max_eval_per_lang: evaluate amplification on at most that many harmful prompts per language.
+    loaded: the (model, suite) pair of mlsafe.pipeline.load when the caller already holds it.
     """
-    from mlsafe.models import load_model
-    from mlsafe.pipeline import edit_config, make_suite
+    from mlsafe.pipeline import edit_config, load
 
     if amplify not in ("edit", "all"):
         raise ValueError(f'amplify must be "edit" or "all", got {amplify!r}')
@@ -162,12 +163,10 @@ def run(model_spec: str, lang: str, *, device: str = "cpu", seed: int = 0, data:
     out_dir = Path(out_dir) if out_dir is not None else results_dir(model_spec, target_key(targets))
     layer = edit_layer(out_dir) if layer is None else int(layer)
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    lm = load_model(model_spec, device, seed=seed)
+    lm, suite = loaded or load(model_spec, device=device, seed=seed, data=data)
     n_layers = arch.n_layers(lm.model)
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer} is out of range: this model has layers 0..{n_layers - 1}")
-    suite = make_suite(lm, data, seed, device)
     cfg = edit_config(targets, seed, suite)
     layers = list(range(n_layers))
     moments = language_moments(lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, LANGS,

@@ -148,19 +148,17 @@ def grid(lab: Lab, ranks: Sequence[int] = DEFAULT_RANKS,
 
 def open_lab(model_spec: str, lang: str, *, device: str = "cpu", seed: int = 0, data: str = "auto",
              layer: int | None = None, by: str = "d", max_eval_per_lang: int | None = None,
-             config: dict | None = None) -> Lab:
+             config: dict | None = None, loaded=None) -> Lab:
     """Load the model and its suite and stream the statistics at the edit layer (read from the
     main run's summary.json unless given) with the main run's hyper-parameters (`config`: the
-    EditConfig overrides the main run was given, e.g. {"gamma": 0.5})."""
-    from mlsafe.models import load_model
-    from mlsafe.pipeline import edit_config, make_suite
+    EditConfig overrides the main run was given, e.g. {"gamma": 0.5}). `loaded`: the (model,
+    suite) pair of mlsafe.pipeline.load when the caller already holds it."""
+    from mlsafe.pipeline import edit_config, load
 
     targets = parse_targets(lang)
     if layer is None:
         layer = edit_layer(results_dir(model_spec, target_key(targets)))
-    torch.manual_seed(seed)
-    lm = load_model(model_spec, device, seed=seed)
-    suite = make_suite(lm, data, seed, device)
+    lm, suite = loaded or load(model_spec, device=device, seed=seed, data=data)
     cfg = edit_config(targets, seed, suite, **{**(config or {}), "layer": int(layer)})
     return Lab.from_model(lm.model, lm.tokenizer, suite, cfg, by=by, max_eval_per_lang=max_eval_per_lang)
 

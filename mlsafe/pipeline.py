@@ -132,14 +132,23 @@ def edit_config(targets: Sequence[str], seed: int, suite: Suite, **overrides) ->
     return transfer.EditConfig(targets=list(targets), seed=seed, **kw)
 
 
-def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", seed: int = 0, data: str = "auto",
-             n_random: int = 3, out_dir: Path | None = None, progress: bool = True, **overrides) -> dict:
-    """Everything for one seed; returns the summary dict (and writes files when out_dir is given)."""
+def load(model_spec: str, *, device: str = "cpu", seed: int = 0, data: str = "auto") -> tuple[LoadedModel, Suite]:
+    """The model of one seed and its suite (seeded, so every later step is deterministic)."""
     torch.manual_seed(seed)
-    t_load = time.perf_counter()
     lm = load_model(model_spec, device, seed=seed)
+    return lm, make_suite(lm, data, seed, device)
+
+
+def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", seed: int = 0, data: str = "auto",
+             n_random: int = 3, out_dir: Path | None = None, progress: bool = True,
+             loaded: tuple[LoadedModel, Suite] | None = None, **overrides) -> dict:
+    """Everything for one seed; returns the summary dict (and writes files when out_dir is given).
+
+    `loaded` is the (model, suite) pair of `load` when the caller already holds it.
+    """
+    t_load = time.perf_counter()
+    lm, suite = loaded or load(model_spec, device=device, seed=seed, data=data)
     load_s = time.perf_counter() - t_load
-    suite = make_suite(lm, data, seed, device)
 
     cfg = edit_config(targets, seed, suite, **overrides)
     t0 = time.perf_counter()  # fit first (it leaves the model untouched): bad anchors fail fast
@@ -246,10 +255,13 @@ def reproduce(lang: str, model: str = "organism", *, device: str = "cpu", seed: 
     for s in dict.fromkeys([seed, *seeds]):
         print(f"[mlsafe] model={model} targets={','.join(targets)} seed={s} device={device}", flush=True)
         t0 = time.perf_counter()
+        loaded = load(model, device=device, seed=s, data=data)
         summary = run_seed(model, targets, device=device, seed=s, data=data, progress=progress,
-                           out_dir=out_dir, **overrides)
+                           out_dir=out_dir, loaded=loaded, **overrides)
         summary["timing"]["run_seconds"] = time.perf_counter() - t0
         runs[s] = summary
+        if s == seed:
+            main_loaded = loaded  # the extras below reuse the main seed's model and suite
     main = runs[seed]
     if len(runs) > 1:
         main["over_seeds"] = seed_block(list(runs.values()))
@@ -258,7 +270,8 @@ def reproduce(lang: str, model: str = "organism", *, device: str = "cpu", seed: 
     if extras:
         from mlsafe import diagnostics, lab
 
-        diagnostics.run(model, lang, device=device, seed=seed, data=data, out_dir=out_dir)
-        lab.precompute(model, lang, device=device, seed=seed, data=data, out_dir=out_dir, config=overrides)
+        diagnostics.run(model, lang, device=device, seed=seed, data=data, out_dir=out_dir, loaded=main_loaded)
+        lab.precompute(model, lang, device=device, seed=seed, data=data, out_dir=out_dir, config=overrides,
+                       loaded=main_loaded)
     return path
 
