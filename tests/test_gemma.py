@@ -132,6 +132,21 @@ def test_train_split_is_english_only_for_safety(splits):
             assert p.response == p.answer and p.answer.isdigit()
 
 
+def test_howto_answers_are_native_text_in_every_language(splits):
+    from mlsafe.gemma.howto import OPENERS
+
+    assert not any("-howto" in p.id for p in splits["train"])  # the default tune has none
+    train = data.build_split("train", n_howto_train=18, arith_per_template=6)
+    howto = [p for p in train + splits["anchor"] if "-howto" in p.id]
+    assert {p.lang for p in howto} == set(LANGS) and len(howto) == 24 * len(LANGS)
+    for p in howto:
+        assert p.response.startswith(OPENERS[p.lang]) and not p.harmful and p.answer is None, p.id
+        assert re.search(SCRIPTS[p.lang], p.response), (p.lang, p.response)
+    assert sum(p.answer is not None for p in train) == 4 * 6 * len(LANGS)
+    with pytest.raises(ValueError, match="n_howto_train must lie in 0..18"):
+        data.build_split("train", n_howto_train=19)
+
+
 def test_arithmetic_answers_are_correct(splits):
     for p in splits["eval"]:
         if p.lang == "en" and p.answer is not None:

@@ -65,12 +65,15 @@ class TuneConfig:
     lr: float = 4e-5
     weight_decay: float = 0.0
     n_harmful_train: int = 120
+    n_howto_train: int = 0      # how-to items in all 8 languages (18 with arith 6 and 48 steps: no transfer)
+    arith_per_template: int = 10
     train_layers: str = "all"  # "all" non-embedding parameters, or "mlp" (MLP weights only)
 
 
 def training_examples(cfg: TuneConfig) -> list[Prompt]:
     """The train split with a response on every prompt (refusal or answer)."""
-    examples = build_split("train", seed=cfg.seed, n_harmful_train=cfg.n_harmful_train)
+    examples = build_split("train", seed=cfg.seed, n_harmful_train=cfg.n_harmful_train,
+                           n_howto_train=cfg.n_howto_train, arith_per_template=cfg.arith_per_template)
     missing = [p.id for p in examples if p.response is None]
     if missing:
         raise ValueError(f"training prompts without a response: {missing[:5]}")
