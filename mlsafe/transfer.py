@@ -221,14 +221,22 @@ def build_edit(model, layer: int, idx: torch.Tensor, st: _LayerStats, cfg: EditC
                       base_fingerprint=fingerprint(model, layer), model_type=arch.get_arch(model).model_type)
 
 
-def _score(model, edit: SparseEdit, anchors: Anchors, cfg: EditConfig, margin: MarginFn) -> dict:
-    """Validation score: margin gain on target harmful minus margin gain on harmless prompts."""
-    harm = [p for p in anchors.val_harmful if p.lang in cfg.targets]
-    safe = list(anchors.val_harmless)
-    src = [p for p in anchors.val_harmful if p.lang == cfg.source]
-    before = [margin(model, group).mean().item() for group in (harm, safe, src)]
+def _validation_groups(anchors: Anchors, cfg: EditConfig) -> tuple[list[Prompt], list[Prompt], list[Prompt]]:
+    """Target harmful, harmless and source harmful validation anchors."""
+    return ([p for p in anchors.val_harmful if p.lang in cfg.targets], list(anchors.val_harmless),
+            [p for p in anchors.val_harmful if p.lang == cfg.source])
+
+
+def _mean_margins(model, anchors: Anchors, cfg: EditConfig, margin: MarginFn) -> list[float]:
+    return [margin(model, group).mean().item() for group in _validation_groups(anchors, cfg)]
+
+
+def _score(model, edit: SparseEdit, anchors: Anchors, cfg: EditConfig, margin: MarginFn,
+           before: list[float]) -> dict:
+    """Validation score: margin gain on target harmful minus margin gain on harmless prompts
+    (and minus any margin lost on source harmful prompts); `before` = _mean_margins unedited."""
     with edit.applied(model):
-        after = [margin(model, group).mean().item() for group in (harm, safe, src)]
+        after = _mean_margins(model, anchors, cfg, margin)
     gain_h, gain_s, gain_src = (a - b for a, b in zip(after, before))
     return {"val_gain_harmful": gain_h, "val_gain_harmless": gain_s, "val_gain_source": gain_src,
             "score": gain_h - max(gain_s, 0.0) - max(-gain_src, 0.0)}
@@ -252,6 +260,9 @@ def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt],
     stats = collect_stats(model, tokenizer, anchors, cfg, layers, progress=progress)
     report = FitReport(layer=-1, n_neurons=0, collect_seconds=time.perf_counter() - t0)
     best = None
+    t2 = time.perf_counter()
+    before = _mean_margins(model, anchors, cfg, margin) if len(layers) > 1 else None
+    report.select_seconds += time.perf_counter() - t2
     for layer in layers:
         st = stats[layer]
         sets = neurons.safety_neurons_from_moments(st.acts_harm, st.acts_safe,
@@ -269,7 +280,7 @@ def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt],
         solve_s = time.perf_counter() - t1
         if len(layers) > 1:
             t2 = time.perf_counter()
-            row.update(_score(model, edit, anchors, cfg, margin))
+            row.update(_score(model, edit, anchors, cfg, margin, before))
             report.select_seconds += time.perf_counter() - t2
         else:
             row["score"] = 0.0

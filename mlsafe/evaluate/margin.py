@@ -14,6 +14,7 @@ where greedy outputs do not flip yet.
 
 from __future__ import annotations
 
+import inspect
 from typing import Mapping, Sequence
 
 import torch
@@ -68,6 +69,12 @@ def start_token_sets(tokenizer, refusal_starts: Sequence[str], comply_starts: Se
     return r, c
 
 
+def _last_logits_only(model) -> dict:
+    """`logits_to_keep=1` where the model takes it: the LM head then runs on the last position only
+    (a 262k-word vocabulary makes the full [batch, length, vocab] logits the dominant cost)."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 @torch.no_grad()
 def next_token_logprobs(model, tokenizer, user_texts: Sequence[str], token_ids: Sequence[int], *,
                         batch_size: int = 16, device=None, system: str | None = None) -> torch.Tensor:
@@ -82,7 +89,7 @@ def next_token_logprobs(model, tokenizer, user_texts: Sequence[str], token_ids: 
         for chunk in batches(format_chat(tokenizer, user_texts, system=system), batch_size):
             enc = encode(tokenizer, chunk, device)
             pos = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(**enc, position_ids=pos).logits[:, -1, :]
+            logits = model(**enc, position_ids=pos, **_last_logits_only(model)).logits[:, -1, :]
             logp = torch.log_softmax(logits.double(), dim=-1).cpu()
             rows.append(logp[:, idx])
     if not rows:
