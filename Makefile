@@ -24,7 +24,11 @@ DEVICE ?= cpu
 SEED   ?= 0
 # The organism is retrained per seed (minutes); real models are evaluated once by default.
 SEEDS  ?= $(if $(filter organism%,$(MODEL)),0 1 2,$(SEED))
-BASELINES ?= 1
+# Baselines (LoRA schedules) and the diagnostics/lab extras run on the organism by default;
+# on the CPU Gemma they would take hours, so it runs the multi-layer ablation only.
+BASELINES ?= $(if $(filter organism%,$(MODEL)),1,0)
+EXTRAS    ?= $(if $(filter gemma-270m,$(MODEL)),0,1)
+ABLATIONS ?= $(if $(filter gemma-270m,$(MODEL)),multi_layer,)
 DATA   ?= auto
 
 PYTHON_BOOT ?= python3
@@ -63,9 +67,11 @@ test-fast: $(VENV_STAMP)
 	$(PY) -m pytest -q tests -m 'not slow'
 
 reproduce: $(VENV_STAMP)
-	$(PY) -m mlsafe reproduce --lang $(TARGET_LANG) --model $(MODEL) --device $(DEVICE) --seed $(SEED) --seeds $(SEEDS) --data $(DATA)
+	$(PY) -m mlsafe reproduce $(RUN_ARGS) --seeds $(SEEDS) $(if $(filter 0,$(EXTRAS)),--no-extras,)
 ifeq ($(BASELINES),1)
 	$(PY) scripts/bench_cost.py $(RUN_ARGS) --baselines --ablations
+else ifneq ($(strip $(ABLATIONS)),)
+	$(PY) -m mlsafe ablate $(RUN_ARGS) --only $(ABLATIONS)
 endif
 	$(MAKE) --no-print-directory notebooks book
 

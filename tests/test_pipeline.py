@@ -57,6 +57,23 @@ def test_cli_rejects_an_unknown_language(capsys):
     assert "unknown target language" in capsys.readouterr().err
 
 
+def test_cli_rejects_an_unknown_ablation(capsys):
+    with pytest.raises(SystemExit):
+        main(["ablate", "--lang", "th", "--only", "depth"])
+    assert "unknown ablation(s) ['depth']" in capsys.readouterr().err
+
+
+def test_cli_ablate_writes_only_the_chosen_ablations(tiny_dir, tmp_path, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.setattr(results, "RESULTS_ROOT", tmp_path)
+    assert main(["ablate", "--model", str(tiny_dir), "--lang", "th", "--only", "multi_layer",
+                 "--max-layers", "2"]) == 0
+    df = pd.read_csv(tmp_path / "qwen2" / "th" / "ablations.csv")
+    assert set(df["ablation"]) == {"multi_layer"} and set(df["value"]) == {1, 2}
+    assert set(df["lang"]) == set(LANGS)
+
+
 def test_load_model_errors_name_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="owner/name"):
         models.load_model(str(tmp_path / "missing"))
