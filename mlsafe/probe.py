@@ -114,6 +114,13 @@ class capture:
 POSITIONS = ("last", "mean", "all")
 
 
+def last_k(position) -> int | None:
+    """K of a "lastK" position ("last3" -> 3), else None."""
+    if isinstance(position, str) and position.startswith("last") and position[4:].isdigit() and int(position[4:]) > 0:
+        return int(position[4:])
+    return None
+
+
 def select_positions(h: torch.Tensor, attention_mask: torch.Tensor | None,
                      position: str | torch.Tensor) -> torch.Tensor:
     """Pick token positions from hidden states h [B, T, d].
@@ -122,6 +129,9 @@ def select_positions(h: torch.Tensor, attention_mask: torch.Tensor | None,
     None means every token is real. It may also be any narrower boolean mask (e.g. only
     prompt tokens): positions outside it are ignored.
     position: "last" -> [B, d], the last kept token of each row;
+              "lastK" (e.g. "last5") -> [B * K, d], each row's last K kept tokens, row by row
+              (in a chat template these are the same template tokens in every language, so
+              rows of parallel prompts pair up position by position);
               "mean" -> [B, d], float64 mean over each row's kept tokens;
               "all"  -> [n_kept, d], every kept token, rows in order;
               a boolean tensor [B, T] -> like "all", restricted to it.
@@ -137,13 +147,19 @@ def select_positions(h: torch.Tensor, attention_mask: torch.Tensor | None,
         position = "all"
     if keep.shape != (B, T):
         raise ValueError(f"mask shape {tuple(keep.shape)} does not match h's [B, T] = {(B, T)}")
-    if position not in POSITIONS:
-        raise ValueError(f"position must be one of {POSITIONS} or a boolean [B, T] mask, got {position!r}")
+    k = last_k(position)
+    if k is None and position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, 'lastK' (K >= 1) or a boolean [B, T] mask, "
+                         f"got {position!r}")
     if position == "all":
         return h[keep]
     counts = keep.sum(dim=1)
-    if bool((counts == 0).any()):
-        raise ValueError("a row has no kept token (all padding / masked out); drop it or fix the mask")
+    if bool((counts < (k or 1)).any()):
+        raise ValueError(f"a row has fewer than {k or 1} kept token(s) (padding / masked out); "
+                         "drop it, fix the mask or read fewer positions")
+    if k is not None:
+        rank_from_end = keep.long().flip(1).cumsum(1).flip(1)       # 1 at each row's last kept token
+        return h[keep & (rank_from_end <= k)]
     if position == "last":
         idx = (keep.long() * torch.arange(1, T + 1, device=h.device)).argmax(dim=1)
         return h[torch.arange(B, device=h.device), idx]
@@ -329,8 +345,9 @@ def collect_paired(model: nn.Module, tokenizer, texts_a: Sequence[str], texts_b:
     """
     if len(texts_a) != len(texts_b):
         raise ValueError(f"texts_a and texts_b must be parallel lists, got {len(texts_a)} and {len(texts_b)}")
-    if position not in ("last", "mean"):
-        raise ValueError(f"paired rows need one row per prompt: position 'last' or 'mean', got {position!r}")
+    if position not in ("last", "mean") and last_k(position) is None:
+        raise ValueError(f"paired rows need the same rows for every prompt: position 'last', 'lastK' or "
+                         f"'mean', got {position!r}")
     layers = sorted(set(int(layer) for layer in layers))
     kw = dict(acts=False, inputs=True, batch_size=batch_size, device=device,
               position_mask_fn=position_mask_fn)

@@ -1,7 +1,8 @@
 """Per-language refusal numbers of the English-only safety-tuned Gemma-3-270m (before any edit).
 
 Usage: OMP_NUM_THREADS=1 python scripts/gemma_report.py [--seed 0] [--steps 60] [--lr 1e-5]
-       [--n-harmful-train 120] [--train-layers all|mlp] [--json OUT.json]
+       [--n-harmful-train 120] [--n-howto-train 0] [--arith-per-template 10]
+       [--train-layers all|mlp] [--json OUT.json]
 Prints ASR (share of held-out harmful prompts not refused), mean refusal margin, false-refusal
 rate and harmless exact-match accuracy per language, and the timings of each stage.
 """
@@ -26,6 +27,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=sft.TuneConfig.steps)
     ap.add_argument("--lr", type=float, default=sft.TuneConfig.lr)
     ap.add_argument("--n-harmful-train", type=int, default=sft.TuneConfig.n_harmful_train)
+    ap.add_argument("--n-howto-train", type=int, default=sft.TuneConfig.n_howto_train)
+    ap.add_argument("--arith-per-template", type=int, default=sft.TuneConfig.arith_per_template)
     ap.add_argument("--train-layers", default=sft.TuneConfig.train_layers, choices=["all", "mlp"])
     ap.add_argument("--base", action="store_true", help="measure the untuned base model instead")
     ap.add_argument("--json", help="also write the numbers to this file")
@@ -38,7 +41,8 @@ def main(argv=None) -> dict:
         model, tok = load_gemma()
     else:
         model, tok = sft.load_or_tune(seed=args.seed, steps=args.steps, lr=args.lr,
-                                      n_harmful_train=args.n_harmful_train, train_layers=args.train_layers)
+                                      n_harmful_train=args.n_harmful_train, n_howto_train=args.n_howto_train,
+                                      arith_per_template=args.arith_per_template, train_layers=args.train_layers)
     timings["load_or_tune_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     res = sft.measure(model, tok, build_split("eval", seed=args.seed))

@@ -122,10 +122,16 @@ def test_select_positions_left_right_and_explicit_mask():
         assert torch.equal(probe.select_positions(h, mask, "all"), torch.cat(rows))
         only = mask.bool() & (mask.cumsum(1) <= 2)  # each row's first two real tokens
         assert torch.equal(probe.select_positions(h, mask, only), torch.cat([r[:2] for r in rows]))
+        assert torch.equal(probe.select_positions(h, mask, "last2"), torch.cat([r[-2:] for r in rows]))
+        assert torch.equal(probe.select_positions(h, mask, "last1"), probe.select_positions(h, mask, "last"))
     with pytest.raises(ValueError, match="position must be one of"):
         probe.select_positions(left, mleft, "first")
-    with pytest.raises(ValueError, match="no kept token"):
+    with pytest.raises(ValueError, match="position must be one of"):
+        probe.select_positions(left, mleft, "last0")
+    with pytest.raises(ValueError, match="fewer than 1 kept token"):
         probe.select_positions(left, torch.zeros(2, T), "last")
+    with pytest.raises(ValueError, match="fewer than 3 kept token"):
+        probe.select_positions(left, mleft, "last3")  # the first row has 2 real tokens
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -192,17 +198,22 @@ def test_collect_paired_cross_gram():
     rows = {}
     with torch.no_grad():
         for name, texts in (("a", a_texts), ("b", b_texts)):
-            out = []
+            out, out2 = [], []
             for text in texts:
                 with probe.capture(model, [1]) as cap:
                     cap.forward(**probe.encode_batch(tok, [text]))
                 out.append(cap.mlp_inputs[1][0, -1].double())
-            rows[name] = torch.stack(out)
+                out2.append(cap.mlp_inputs[1][0, -2:].double())
+            rows[name], rows[name + "2"] = torch.stack(out), torch.cat(out2)
     gram = probe.collect_paired(model, tok, a_texts, b_texts, [1], position="last", batch_size=3)[1]
     assert gram.n == 4
     assert torch.allclose(gram.xtx, rows["a"].T @ rows["a"], atol=1e-5)
     assert torch.allclose(gram.xty, rows["a"].T @ rows["b"], atol=1e-5)
+    # "last2": each prompt's last two tokens, paired position by position
+    gram2 = probe.collect_paired(model, tok, a_texts, b_texts, [1], position="last2", batch_size=3)[1]
+    assert gram2.n == 8
+    assert torch.allclose(gram2.xty, rows["a2"].T @ rows["b2"], atol=1e-5)
     with pytest.raises(ValueError, match="parallel lists"):
         probe.collect_paired(model, tok, a_texts, b_texts[:2], [1])
-    with pytest.raises(ValueError, match="'last' or 'mean'"):
+    with pytest.raises(ValueError, match="'last', 'lastK' or 'mean'"):
         probe.collect_paired(model, tok, a_texts, b_texts, [1], position="all")
