@@ -155,7 +155,9 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
     edit, report = transfer.fit(lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, cfg,
                                 margin=margin_fn(suite, lm.tokenizer), progress=progress)
     fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
     before = evaluate(lm, suite, progress=progress)
+    eval_s = time.perf_counter() - t0
     with edit.applied(lm.model):
         after = evaluate(lm, suite, progress=progress)
 
@@ -193,7 +195,7 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
         "over_refusal": {"before": before.over_refusal, "after": after.over_refusal},
         "n_eval": {"harmful": len(suite.eval_harmful), "harmless": len(suite.eval_harmless)},
         "edit": edit_block,
-        "timing": {"load_seconds": load_s},
+        "timing": {"load_seconds": load_s, "fit_seconds": fit_s, "evaluate_seconds": eval_s},
         "versions": versions(),
     }
     if out_dir is not None:
