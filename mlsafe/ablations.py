@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from mlsafe import arch, neurons, pipeline, transfer
 from mlsafe.baselines.run import METRICS, lang_metrics
@@ -100,17 +99,11 @@ def run_ablations(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed:
                   fractions: Sequence[float] = ANCHOR_FRACTIONS, max_layers: int = 3) -> pd.DataFrame:
     """Every ablation in `ablations` (module docstring) -> long DataFrame; writes out_dir/ablations.csv."""
     targets = parse_targets(targets)
-    bad = [a for a in ablations if a not in ABLATIONS]
-    if bad:
-        raise ValueError(f"unknown ablations {bad}; choose from {ABLATIONS}")
-    torch.manual_seed(seed)
+    cfg, margin, anchors = pipeline.experiment_setup(lm, suite, targets, seed, ablations, ABLATIONS, "ablations")
     model, tok = lm.model, lm.tokenizer
-    cfg = pipeline.edit_config(targets, seed, suite)
-    margin = pipeline.margin_fn(suite, tok)
     edit, report = transfer.fit(model, tok, suite.anchors_harmful, suite.anchors_harmless, cfg, margin=margin)
     layer, st, idx = report.layer, report.stats, edit.neurons
     d, m = arch.d_model(model), int(idx.numel())
-    anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, cfg.val_fraction, cfg.seed)
     t = _Table(lm, suite)
 
     def solve(c, at=layer, ix=idx, stats=st):

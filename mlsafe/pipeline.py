@@ -132,6 +132,19 @@ def edit_config(targets: Sequence[str], seed: int, suite: Suite, **overrides) ->
     return transfer.EditConfig(targets=list(targets), seed=seed, **kw)
 
 
+def experiment_setup(lm: LoadedModel, suite: Suite, targets: Sequence[str], seed: int, chosen: Sequence[str],
+                     known: Sequence[str], what: str) -> tuple[transfer.EditConfig, transfer.MarginFn, transfer.Anchors]:
+    """The shared start of the baselines and the ablations: check the `chosen` names against
+    `known`, seed torch, and return the edit config, the margin function and the anchor split."""
+    bad = [c for c in chosen if c not in known]
+    if bad:
+        raise ValueError(f"unknown {what} {bad}; choose from {tuple(known)}")
+    torch.manual_seed(seed)
+    cfg = edit_config(targets, seed, suite)
+    anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, cfg.val_fraction, cfg.seed)
+    return cfg, margin_fn(suite, lm.tokenizer), anchors
+
+
 def load(model_spec: str, *, device: str = "cpu", seed: int = 0, data: str = "auto") -> tuple[LoadedModel, Suite]:
     """The model of one seed and its suite (seeded, so every later step is deterministic)."""
     torch.manual_seed(seed)

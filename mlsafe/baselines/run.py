@@ -142,14 +142,8 @@ def run_baselines(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed:
     """Every method in `methods` (module docstring) -> long DataFrame; writes out_dir/baselines.csv
     (and baselines_meta.json: chosen layers, ActAdd grid, SFT losses) when out_dir is given."""
     targets = parse_targets(targets)
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
-    torch.manual_seed(seed)
+    cfg, margin, anchors = pipeline.experiment_setup(lm, suite, targets, seed, methods, METHODS, "methods")
     model, tok = lm.model, lm.tokenizer
-    cfg = pipeline.edit_config(targets, seed, suite)
-    margin = pipeline.margin_fn(suite, tok)
-    anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, cfg.val_fraction, cfg.seed)
     n_par = cost.matmul_params(model)
     d = arch.d_model(model)
     out, meta = _Rows(), {"targets": targets, "seed": seed}
