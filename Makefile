@@ -24,11 +24,13 @@ DEVICE ?= cpu
 SEED   ?= 0
 # The organism is retrained per seed (minutes); real models are evaluated once by default.
 SEEDS  ?= $(if $(filter organism%,$(MODEL)),0 1 2,$(SEED))
-# Baselines (LoRA schedules) and the diagnostics/lab extras run on the organism by default;
-# on the CPU Gemma they would take hours, so it runs the multi-layer ablation only.
-BASELINES ?= $(if $(filter organism%,$(MODEL)),1,0)
-EXTRAS    ?= $(if $(filter gemma-270m,$(MODEL)),0,1)
-ABLATIONS ?= $(if $(filter gemma-270m,$(MODEL)),multi_layer,)
+# Baselines (LoRA schedules), ablations and the diagnostics/lab extras would take hours on
+# the CPU Gemma: it runs the multi-layer ablation only, and rebuilds its own chapter (8).
+GEMMA     := $(filter gemma-270m,$(MODEL))
+BASELINES ?= $(if $(GEMMA),0,1)
+EXTRAS    ?= $(if $(GEMMA),0,1)
+ABLATIONS ?= $(if $(GEMMA),multi_layer,)
+CHAPTERS  ?= $(if $(GEMMA),notebook-08_gemma,notebooks)
 DATA   ?= auto
 
 PYTHON_BOOT ?= python3
@@ -73,7 +75,7 @@ ifeq ($(BASELINES),1)
 else ifneq ($(strip $(ABLATIONS)),)
 	$(PY) -m mlsafe ablate $(RUN_ARGS) --only $(ABLATIONS)
 endif
-	$(MAKE) --no-print-directory notebooks book
+	$(MAKE) --no-print-directory $(CHAPTERS) book
 
 RUN_ARGS = --model $(MODEL) --lang $(TARGET_LANG) --seed $(SEED) --device $(DEVICE) --data $(DATA)
 
