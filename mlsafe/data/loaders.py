@@ -39,9 +39,9 @@ PINNED: dict[str, str] = {
     "walledai/StrongREJECT": "df54272b395ce9e584d2f8140519935425d8549f",
     "DAMO-NLP-SG/MultiJail": "189375ca64f5c09f8db2b22f833c57c4418c55ab",
     "LLM-LAT/harmful-dataset": "8bfba31bc6d93a5b71808fee5275ef4b6330ed91",
-    "declare-lab/HarmfulQA": "main",          # unverified: pin a commit hash
+    "declare-lab/HarmfulQA": "6f1a78aed47d16c0695e4595d0159abc38197bfd",
     "walledai/CatHarmfulQA": "main",          # unverified: pin a commit hash
-    "facebook/natural_reasoning": "main",     # unverified: pin a commit hash
+    "facebook/natural_reasoning": "8c9292b8932b86f90360ca6b152c2e23ca9252ab",
     "juletxara/mgsm": "main",                 # unverified: pin a commit hash
     "openai/MMMLU": "main",                   # unverified: pin a commit hash
 }
