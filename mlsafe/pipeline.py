@@ -271,9 +271,10 @@ def reproduce(lang: str, model: str = "organism", *, device: str = "cpu", seed: 
         print(f"[mlsafe] model={model} targets={','.join(targets)} seed={s} device={device}", flush=True)
         t0 = time.perf_counter()
         loaded = load(model, device=device, seed=s, data=data)
+        load_s = time.perf_counter() - t0
         summary = run_seed(model, targets, device=device, seed=s, data=data, progress=progress,
                            out_dir=out_dir, loaded=loaded, **overrides)
-        summary["timing"]["run_seconds"] = time.perf_counter() - t0
+        summary["timing"].update(load_seconds=load_s, run_seconds=time.perf_counter() - t0)
         runs[s] = summary
         if s == seed:
             main_loaded = loaded  # the extras below reuse the main seed's model and suite

@@ -38,7 +38,8 @@ def test_reproduce_writes_the_common_schema(tiny_dir, tmp_path, monkeypatch):
         assert key in e
     assert 0 < e["fraction_of_parameters"] < 1 and set(e["random_control"]["asr"]) == {"th"}
     t = s["timing"]
-    assert 0 < t["fit_seconds"] and 0 < t["evaluate_seconds"] and t["fit_seconds"] + t["evaluate_seconds"] < t["run_seconds"]
+    assert 0 < t["fit_seconds"] and 0 < t["evaluate_seconds"] and 0 < t["load_seconds"]
+    assert t["load_seconds"] + t["fit_seconds"] + t["evaluate_seconds"] < t["run_seconds"]
     for name in ("responses_before.csv", "responses_after.csv", "edit.safetensors"):
         assert (path.parent / name).is_file()
 
