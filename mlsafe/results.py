@@ -26,8 +26,15 @@ def results_dir(model: str, lang_key: str, root: Path | None = None) -> Path:
     return Path(root or RESULTS_ROOT) / model_slug(model) / lang_key
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `data` to `path` atomically (temp file + os.replace)."""
+    """Write `data` to `path` atomically (temp file + os.replace), with the permissions an
+    ordinary new file gets under the current umask (mkstemp's own are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
@@ -37,6 +44,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -86,3 +86,18 @@ def test_golden_numbers_of_the_cached_organism():
     asr, _ = ev.summary_blocks(res.table)
     assert asr == pytest.approx(s["asr"]["before"], abs=0.02)
     assert res.utility == pytest.approx(s["utility"]["before"], abs=0.02)
+
+
+def test_write_atomic_replaces_the_file_with_ordinary_permissions(tmp_path):
+    import os
+
+    from mlsafe.results import read_json, write_atomic, write_json
+
+    path = tmp_path / "sub" / "summary.json"
+    write_json(path, {"a": 1})
+    write_atomic(path, '{"a": 2}')
+    assert read_json(path) == {"a": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]  # no temp file left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
