@@ -25,7 +25,8 @@ SEED   ?= 0
 # The organism is retrained per seed (minutes); real models are evaluated once by default.
 SEEDS  ?= $(if $(filter organism%,$(MODEL)),0 1 2,$(SEED))
 # Baselines (LoRA schedules), ablations and the diagnostics/lab extras would take hours on
-# the CPU Gemma: it runs the multi-layer ablation only, and rebuilds its own chapter (8).
+# the CPU Gemma: it runs the multi-layer ablation and margin-only diagnostics, and rebuilds
+# its own chapter (8).
 GEMMA     := $(filter gemma-270m,$(MODEL))
 BASELINES ?= $(if $(GEMMA),0,1)
 EXTRAS    ?= $(if $(GEMMA),0,1)
@@ -77,6 +78,9 @@ ifeq ($(BASELINES),1)
 	$(PY) scripts/bench_cost.py $(RUN_ARGS) --baselines --ablations
 else ifneq ($(strip $(ABLATIONS)),)
 	$(PY) -m mlsafe ablate $(RUN_ARGS) --only $(ABLATIONS)
+endif
+ifneq ($(GEMMA),)
+	$(PY) -m mlsafe diagnose $(RUN_ARGS) --margins-only
 endif
 	$(MAKE) --no-print-directory $(CHAPTERS) book
 

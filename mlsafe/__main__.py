@@ -3,6 +3,8 @@
 ``python -m mlsafe reproduce --lang th --model organism --device cpu``: the main job.
 ``python -m mlsafe ablate --lang th --model gemma-270m --only multi_layer``: some of the
 ablations of mlsafe.ablations (ablations.csv) without the baselines' training runs.
+``python -m mlsafe diagnose --lang th --model gemma-270m --margins-only``: the safety-neuron
+diagnostics alone (diagnostics.json; needs the main run's summary.json for the edit layer).
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     abl.add_argument("--data", default="auto")
     abl.add_argument("--only", nargs="+", default=None, help="ablation names (default: all)")
     abl.add_argument("--max-layers", type=int, default=3, help="most layers of the multi_layer ablation")
+    dia = sub.add_parser("diagnose", help="safety-neuron overlaps and amplification (diagnostics.json)")
+    dia.add_argument("--lang", default="th")
+    dia.add_argument("--model", default="organism")
+    dia.add_argument("--device", default="cpu")
+    dia.add_argument("--seed", type=int, default=0)
+    dia.add_argument("--data", default="auto")
+    dia.add_argument("--margins-only", action="store_true",
+                     help="amplification by refusal margin only, no generation (fast on CPU)")
     args = parser.parse_args(argv)
 
     from mlsafe.langs import parse_targets
@@ -41,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         parse_targets(args.lang)
     except ValueError as err:
         parser.error(str(err))
+    if args.cmd == "diagnose":
+        from mlsafe import diagnostics
+
+        path = diagnostics.run(args.model, args.lang, device=args.device, seed=args.seed, data=args.data,
+                               with_asr=not args.margins_only)
+        print(f"[mlsafe] wrote {path}")
     if args.cmd == "ablate":
         from mlsafe.ablations import ABLATIONS, run_ablations
         from mlsafe.langs import target_key

@@ -53,6 +53,12 @@ def test_reproduce_writes_the_common_schema(tiny_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="fingerprint"):
         edit.apply(other)
 
+    # the diagnostics alone, margins only, at the main run's edit layer
+    assert main(["diagnose", "--model", str(tiny_dir), "--lang", "th", "--margins-only"]) == 0
+    d = json.loads((path.parent / "diagnostics.json").read_text())
+    assert d["layer"] == e["layer"] and d["amplification"]["asr"] is None
+    assert set(d["amplification"]["margin"]) == set(LANGS) and str(e["layer"]) in d["jaccard"]
+
 
 def test_cli_rejects_an_unknown_language(capsys):
     with pytest.raises(SystemExit):
