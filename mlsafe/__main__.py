@@ -13,34 +13,31 @@ import argparse
 import sys
 
 
+def _with_run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every subcommand shares (the Makefile's RUN_ARGS)."""
+    p.add_argument("--lang", default="th", help="target language code(s), comma-separated, or 'all'")
+    p.add_argument("--model", default="organism", help="organism | gemma-270m | hub id | local folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="auto", help="auto | fixtures | hub | a local folder")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlsafe", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    rep = sub.add_parser("reproduce", help="measure the gap, fit the edit, measure again, write results/")
-    rep.add_argument("--lang", default="th", help="target language code(s), comma-separated, or 'all'")
-    rep.add_argument("--model", default="organism", help="organism | gemma-270m | hub id | local folder")
-    rep.add_argument("--device", default="cpu")
-    rep.add_argument("--seed", type=int, default=0)
+    rep = _with_run_args(sub.add_parser("reproduce", help="measure the gap, fit the edit, measure again, "
+                                                          "write results/"))
     rep.add_argument("--seeds", type=int, nargs="*", default=[], help="extra seeds for the spread block")
-    rep.add_argument("--data", default="auto", help="auto | fixtures | hub | a local folder")
     rep.add_argument("--layer", default=None, help="edit layer (default: chosen on validation anchors)")
     rep.add_argument("--rank", type=int, default=None)
     rep.add_argument("--no-extras", action="store_true",
                      help="skip the safety-neuron diagnostics and the lab grid (slow on CPU for real models)")
-    abl = sub.add_parser("ablate", help="run some ablations of the edit, write ablations.csv")
-    abl.add_argument("--lang", default="th")
-    abl.add_argument("--model", default="organism")
-    abl.add_argument("--device", default="cpu")
-    abl.add_argument("--seed", type=int, default=0)
-    abl.add_argument("--data", default="auto")
+    abl = _with_run_args(sub.add_parser("ablate", help="run some ablations of the edit, write ablations.csv"))
     abl.add_argument("--only", nargs="+", default=None, help="ablation names (default: all)")
     abl.add_argument("--max-layers", type=int, default=3, help="most layers of the multi_layer ablation")
-    dia = sub.add_parser("diagnose", help="safety-neuron overlaps and amplification (diagnostics.json)")
-    dia.add_argument("--lang", default="th")
-    dia.add_argument("--model", default="organism")
-    dia.add_argument("--device", default="cpu")
-    dia.add_argument("--seed", type=int, default=0)
-    dia.add_argument("--data", default="auto")
+    dia = _with_run_args(sub.add_parser("diagnose", help="safety-neuron overlaps and amplification "
+                                                         "(diagnostics.json)"))
     dia.add_argument("--margins-only", action="store_true",
                      help="amplification by refusal margin only, no generation (fast on CPU)")
     args = parser.parse_args(argv)
