@@ -99,7 +99,8 @@ def run_ablations(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed:
                   fractions: Sequence[float] = ANCHOR_FRACTIONS, max_layers: int = 3) -> pd.DataFrame:
     """Every ablation in `ablations` (module docstring) -> long DataFrame; writes out_dir/ablations.csv."""
     targets = parse_targets(targets)
-    cfg, margin, anchors = pipeline.experiment_setup(lm, suite, targets, seed, ablations, ABLATIONS, "ablations")
+    cfg, margin, anchors = pipeline.experiment_setup(lm, suite, targets, seed, chosen=ablations, known=ABLATIONS,
+                                                    what="ablations")
     model, tok = lm.model, lm.tokenizer
     edit, report = transfer.fit(model, tok, suite.anchors_harmful, suite.anchors_harmless, cfg, margin=margin)
     layer, st, idx = report.layer, report.stats, edit.neurons

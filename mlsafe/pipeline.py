@@ -132,10 +132,12 @@ def edit_config(targets: Sequence[str], seed: int, suite: Suite, **overrides) ->
     return transfer.EditConfig(targets=list(targets), seed=seed, **kw)
 
 
-def experiment_setup(lm: LoadedModel, suite: Suite, targets: Sequence[str], seed: int, chosen: Sequence[str],
-                     known: Sequence[str], what: str) -> tuple[transfer.EditConfig, transfer.MarginFn, transfer.Anchors]:
-    """The shared start of the baselines and the ablations: check the `chosen` names against
-    `known`, seed torch, and return the edit config, the margin function and the anchor split."""
+def experiment_setup(lm: LoadedModel, suite: Suite, targets: Sequence[str], seed: int, *,
+                     chosen: Sequence[str] = (), known: Sequence[str] = (), what: str = "names",
+                     ) -> tuple[transfer.EditConfig, transfer.MarginFn, transfer.Anchors]:
+    """The shared start of the baselines, the ablations and the edit sweep: check the `chosen`
+    names against `known`, seed torch, and return the edit config, the margin function and the
+    anchor split."""
     bad = [c for c in chosen if c not in known]
     if bad:
         raise ValueError(f"unknown {what} {bad}; choose from {tuple(known)}")

@@ -227,16 +227,17 @@ def _validation_groups(anchors: Anchors, cfg: EditConfig) -> tuple[list[Prompt],
             [p for p in anchors.val_harmful if p.lang == cfg.source])
 
 
-def _mean_margins(model, anchors: Anchors, cfg: EditConfig, margin: MarginFn) -> list[float]:
+def validation_margins(model, anchors: Anchors, cfg: EditConfig, margin: MarginFn) -> list[float]:
+    """Mean margins on the validation anchors: target harmful, harmless, source harmful."""
     return [margin(model, group).mean().item() for group in _validation_groups(anchors, cfg)]
 
 
 def _score(model, edit: SparseEdit, anchors: Anchors, cfg: EditConfig, margin: MarginFn,
            before: list[float]) -> dict:
     """Validation score: margin gain on target harmful minus margin gain on harmless prompts
-    (and minus any margin lost on source harmful prompts); `before` = _mean_margins unedited."""
+    (and minus any margin lost on source harmful prompts); `before` = validation_margins unedited."""
     with edit.applied(model):
-        after = _mean_margins(model, anchors, cfg, margin)
+        after = validation_margins(model, anchors, cfg, margin)
     gain_h, gain_s, gain_src = (a - b for a, b in zip(after, before))
     return {"val_gain_harmful": gain_h, "val_gain_harmless": gain_s, "val_gain_source": gain_src,
             "score": gain_h - max(gain_s, 0.0) - max(-gain_src, 0.0)}
@@ -261,7 +262,7 @@ def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt],
     report = FitReport(layer=-1, n_neurons=0, collect_seconds=time.perf_counter() - t0)
     best = None
     t2 = time.perf_counter()
-    before = _mean_margins(model, anchors, cfg, margin) if len(layers) > 1 else None
+    before = validation_margins(model, anchors, cfg, margin) if len(layers) > 1 else None
     report.select_seconds += time.perf_counter() - t2
     for layer in layers:
         st = stats[layer]

@@ -40,13 +40,13 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     lm, suite = pipeline.load(args.model, seed=args.seed)
     model, tok = lm.model, lm.tokenizer
-    cfg, margin, anchors = pipeline.experiment_setup(lm, suite, [args.lang], args.seed, [], [], "variants")
+    cfg, margin, anchors = pipeline.experiment_setup(lm, suite, [args.lang], args.seed)
     held_h = [p for p in suite.eval_harmful if p.lang == args.lang]
     held_s = [p for p in suite.eval_harmless if p.lang == args.lang]
 
     def measure() -> list[float]:
         h, s = margin(model, held_h), margin(model, held_s)
-        return transfer._mean_margins(model, anchors, cfg, margin) + [
+        return transfer.validation_margins(model, anchors, cfg, margin) + [
             h.mean().item(), s.mean().item(), (h > 0).double().mean().item(), (s > 0).double().mean().item()]
 
     base = measure()

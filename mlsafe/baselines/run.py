@@ -142,7 +142,8 @@ def run_baselines(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed:
     """Every method in `methods` (module docstring) -> long DataFrame; writes out_dir/baselines.csv
     (and baselines_meta.json: chosen layers, ActAdd grid, SFT losses) when out_dir is given."""
     targets = parse_targets(targets)
-    cfg, margin, anchors = pipeline.experiment_setup(lm, suite, targets, seed, methods, METHODS, "methods")
+    cfg, margin, anchors = pipeline.experiment_setup(lm, suite, targets, seed, chosen=methods, known=METHODS,
+                                                    what="methods")
     model, tok = lm.model, lm.tokenizer
     n_par = cost.matmul_params(model)
     d = arch.d_model(model)

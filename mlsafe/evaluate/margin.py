@@ -84,12 +84,13 @@ def next_token_logprobs(model, tokenizer, user_texts: Sequence[str], token_ids: 
     """
     device = device or model_device(model)
     idx = torch.tensor(list(token_ids), dtype=torch.long)
+    last_only = _last_logits_only(model)
     rows = []
     with left_padded(tokenizer):
         for chunk in batches(format_chat(tokenizer, user_texts, system=system), batch_size):
             enc = encode(tokenizer, chunk, device)
             pos = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(**enc, position_ids=pos, **_last_logits_only(model)).logits[:, -1, :]
+            logits = model(**enc, position_ids=pos, **last_only).logits[:, -1, :]
             logp = torch.log_softmax(logits.double(), dim=-1).cpu()
             rows.append(logp[:, idx])
     if not rows:
