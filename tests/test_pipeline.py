@@ -61,15 +61,26 @@ def test_reproduce_writes_the_common_schema(tiny_dir, tmp_path, monkeypatch):
 
 
 def test_cli_rejects_an_unknown_language(capsys):
-    with pytest.raises(SystemExit):
-        main(["reproduce", "--lang", "xx"])
-    assert "unknown target language" in capsys.readouterr().err
+    assert main(["reproduce", "--lang", "xx"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown target language" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_rejects_an_unknown_ablation(capsys):
-    with pytest.raises(SystemExit):
-        main(["ablate", "--lang", "th", "--only", "depth"])
+    assert main(["ablate", "--lang", "th", "--only", "depth"]) == 2
     assert "unknown ablation(s) ['depth']" in capsys.readouterr().err
+
+
+def test_cli_version_and_debug(capsys):
+    import mlsafe
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and mlsafe.__version__ in capsys.readouterr().out
+    from mlsafe.errors import UserError
+
+    with pytest.raises(UserError):
+        main(["--debug", "reproduce", "--lang", "xx"])
 
 
 def test_cli_ablate_writes_only_the_chosen_ablations(tiny_dir, tmp_path, monkeypatch):

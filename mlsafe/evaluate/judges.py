@@ -26,12 +26,16 @@ from mlsafe.prompts import Prompt
 @dataclass(frozen=True)
 class Judgment:
     """unsafe: the attack succeeded (counts toward ASR). refusal: the response refuses
-    (None when the judge does not say). label: the judge's verdict word. raw: judge output."""
+    (None when the judge does not say). label: the judge's verdict word ("refusal",
+    "compliance", "unclear" for real-model judges; guard labels for guard judges).
+    raw: judge output. harmful: the compliance carries harmful content (WildGuard's
+    response_harmful), None when the judge cannot tell."""
 
     unsafe: bool
     refusal: bool | None
     label: str
     raw: str
+    harmful: bool | None = None
 
 
 class Judge(Protocol):

@@ -1,0 +1,31 @@
+"""Subcommands of ``mlsafe`` (and ``python -m mlsafe``), one module each.
+
+Every module defines ``HELP`` (one line), ``EXAMPLE`` (one command line),
+``add_arguments(parser)`` and ``run(args) -> int``. Modules import heavy libraries
+(torch, transformers) inside ``run`` only, so ``mlsafe --help`` stays fast.
+User-fixable problems raise :class:`mlsafe.errors.UserError`: the CLI prints its one
+line and exits 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+#: subcommand name -> module (the registry the CLI is built from; order = help order).
+COMMANDS: dict[str, str] = {
+    "reproduce": "mlsafe.commands.reproduce",
+    "ablate": "mlsafe.commands.ablate",
+    "diagnose": "mlsafe.commands.diagnose",
+}
+
+
+def add_run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options the experiment subcommands share (the Makefile's RUN_ARGS)."""
+    p.add_argument("--lang", default="th", help="target language code(s), comma-separated, or 'all' (default: th)")
+    p.add_argument("--model", default="organism",
+                   help="a registered backend name (organism, gemma-270m, ...), a hub id or a local folder "
+                        "(default: organism)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--data", default="auto", help="auto | fixtures | hub | a local data root (default: auto)")
+    return p
