@@ -1,0 +1,61 @@
+"""First-token KL: how much an edit moves the next-token distribution on harmless prompts.
+
+Per prompt, at the generation position (the next token after the chat template's
+assistant header, as for the refusal margin):
+
+    KL(p_base || p_edited) = sum_t p_base(t) (log p_base(t) - log p_edited(t)),
+
+in float64 over the whole vocabulary; reported as the mean per language. A utility
+check that needs no generation and no answer key: 0 for an edit that changes nothing,
+small for one that leaves harmless behaviour alone (the gamma term of eq. 4-8).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from mlsafe.evaluate.generate import batches, encode, format_chat, left_padded, model_device
+from mlsafe.evaluate.margin import _last_logits_only
+from mlsafe.prompts import Prompt
+
+
+def _logprobs(model, enc: dict, extra: dict) -> torch.Tensor:
+    pos = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(**enc, position_ids=pos, **extra).logits[:, -1, :]
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+@torch.no_grad()
+def first_token_kl_per_prompt(model, tokenizer, prompts: Sequence[Prompt], edit, *, batch_size: int = 16,
+                              device=None) -> torch.Tensor:
+    """KL(p_base || p_edited) of each prompt (module docstring), float64 [N] in input order.
+
+    Each batch runs once unedited and once with `edit` applied (reverted bit-exactly after),
+    with the same padding, so an edit that changes no weight gives exactly 0.
+    """
+    device = device or model_device(model)
+    extra = _last_logits_only(model)
+    out = []
+    with left_padded(tokenizer):
+        for chunk in batches(format_chat(tokenizer, [p.text for p in prompts]), batch_size):
+            enc = encode(tokenizer, chunk, device)
+            base = _logprobs(model, enc, extra)
+            with edit.applied(model):
+                edited = _logprobs(model, enc, extra)
+            p = base.exp()  # terms with p_base(t) = 0 contribute 0 (also where both are -inf)
+            terms = torch.where(p > 0, p * (base - edited), torch.zeros_like(p))
+            out.append(terms.sum(-1).clamp(min=0.0).cpu())  # clamp: rounding only
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def first_token_kl(model, tokenizer, prompts: Sequence[Prompt], edit, *, batch_size: int = 16,
+                   device=None) -> dict[str, float]:
+    """Mean first-token KL(p_base || p_edited) per language of `prompts` (module docstring)."""
+    from mlsafe.evaluate.margin import mean_by_lang
+
+    if not prompts:
+        raise ValueError("first_token_kl needs at least one prompt")
+    kl = first_token_kl_per_prompt(model, tokenizer, prompts, edit, batch_size=batch_size, device=device)
+    return mean_by_lang(prompts, kl)

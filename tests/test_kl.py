@@ -1,0 +1,57 @@
+"""mlsafe.evaluate.kl: first-token KL(p_base || p_edited) on harmless prompts."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mlsafe import arch, tiny
+from mlsafe.edit import SparseEdit, fingerprint
+from mlsafe.evaluate.kl import first_token_kl, first_token_kl_per_prompt
+from mlsafe.prompts import Prompt
+
+PROMPTS = [Prompt(f"p{i}-{lang}", lang, text, False, f"p{i}")
+           for i, (lang, text) in enumerate([("en", "The cat sleeps on the mat."), ("th", "แมวนอนบนเสื่อ"),
+                                             ("en", "Answer: 42"), ("th", "นี่คือคำตอบสั้น ๆ")])]
+
+
+def qwen():
+    tok = tiny.build_tokenizer("qwen2")
+    return tiny.build_model("qwen2", tok, seed=0).eval(), tok
+
+
+def edit_of(model, scale: float) -> SparseEdit:
+    g = torch.Generator().manual_seed(0)
+    d_in, m = arch.d_model(model), 6
+    factors = {mod: (torch.randn(d_in, 2, generator=g) * scale, torch.randn(2, m, generator=g))
+               for mod in ("gate", "up")}
+    return SparseEdit(layer=0, modules=("gate", "up"), neurons=torch.arange(m), factors=factors, hparams={},
+                      base_fingerprint=fingerprint(model, 0), model_type="qwen2")
+
+
+def test_zero_edit_gives_zero_and_a_real_edit_more():
+    model, tok = qwen()
+    assert first_token_kl(model, tok, PROMPTS, edit_of(model, 0.0)) == {"en": 0.0, "th": 0.0}
+    kl = first_token_kl(model, tok, PROMPTS, edit_of(model, 3.0))
+    assert set(kl) == {"en", "th"} and all(v > 1e-6 for v in kl.values())
+
+
+def test_equals_a_hand_computation_and_does_not_depend_on_batching():
+    model, tok = qwen()
+    edit = edit_of(model, 3.0)
+    batched = first_token_kl_per_prompt(model, tok, PROMPTS, edit, batch_size=4)
+    for i, p in enumerate(PROMPTS):
+        text = tok.apply_chat_template([{"role": "user", "content": p.text}], tokenize=False,
+                                       add_generation_prompt=True)
+        ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
+        with torch.no_grad():
+            base = model(input_ids=ids).logits[0, -1].double()
+            with edit.applied(model):
+                edited = model(input_ids=ids).logits[0, -1].double()
+        pb, pe = torch.softmax(base, -1).tolist(), torch.softmax(edited, -1).tolist()
+        hand = sum(a * (math.log(a) - math.log(b)) for a, b in zip(pb, pe) if a > 0)
+        assert math.isclose(float(batched[i]), hand, rel_tol=1e-4, abs_tol=1e-9)
+    means = first_token_kl(model, tok, PROMPTS, edit, batch_size=1)
+    assert math.isclose(means["en"], float(batched[[0, 2]].mean()), rel_tol=1e-4)
+    assert math.isclose(means["th"], float(batched[[1, 3]].mean()), rel_tol=1e-4)
