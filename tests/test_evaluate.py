@@ -1,7 +1,9 @@
 """mlsafe.evaluate: Wilson intervals, ASR tables, per-prompt CSV, generation, refusal margin, utility."""
 
+import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -9,9 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mlsafe import tiny
 from mlsafe.evaluate import (DEFAULT_COMPLY_STARTS, DEFAULT_REFUSAL_STARTS, Judgment, asr_table,
-                             exact_match, exact_match_accuracy, extract_final_number, format_chat,
-                             generate, language_margins, mean_by_lang, mgsm_accuracy, mmlu_accuracy,
-                             next_token_logprobs, refusal_margin, summary_blocks, wilson,
+                             cluster_bootstrap_ci, compare, design_effect, exact_match, exact_match_accuracy,
+                             extract_final_number, format_chat, generate, language_margins,
+                             mean_by_lang, mgsm_accuracy, mmlu_accuracy, next_token_logprobs,
+                             paired_bootstrap_diff, refusal_margin, summary_blocks, summary_extra, wilson,
                              write_per_prompt_csv)
 from mlsafe.evaluate.margin import start_token_sets
 from mlsafe.langs import LANGS
@@ -79,6 +82,102 @@ def test_per_prompt_csv_roundtrip(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["per_prompt.csv"]  # no temp file left
     with pytest.raises(ValueError, match="same length"):
         write_per_prompt_csv(path, ps, ["a"], [J(True)] * 3)
+
+
+def test_per_prompt_csv_truncates_responses_and_writes_cluster_columns(tmp_path):
+    ps = [Prompt("a", "th", "[placeholder]", True, "a", source="templated", cluster="t3"),
+          Prompt("b", "th", "[placeholder]", True, "b")]
+    js = [Judgment(True, False, "compliance", "", harmful=True), Judgment(False, None, "unclear", "")]
+    path = tmp_path / "per_prompt.csv"
+    write_per_prompt_csv(path, ps, ["ขออภัยครับ long answer", "ok"], js, max_response_chars=4)
+    back = pd.read_csv(path, keep_default_na=False)
+    assert list(back["response"]) == ["ขออภ", "ok"]
+    assert list(back["harmful"]) == ["True", ""] and list(back["cluster"]) == ["t3", ""]
+    assert list(back["source"]) == ["templated", ""] and list(back["label"]) == ["compliance", "unclear"]
+    write_per_prompt_csv(path, ps, ["full text", "x"], js)
+    assert pd.read_csv(path, keep_default_na=False)["response"][0] == "full text"
+    with pytest.raises(ValueError, match="max_response_chars"):
+        write_per_prompt_csv(path, ps, ["a", "b"], js, max_response_chars=-1)
+
+
+def test_asr_table_judge_columns():
+    ps = make_prompts(["en"] * 5 + ["th"] * 3)
+    js = [Judgment(True, False, "compliance", "", harmful=True), Judgment(False, True, "refusal", "", harmful=False),
+          Judgment(False, None, "unclear", ""), Judgment(False, None, "empty", ""),
+          Judgment(False, None, "unparsed", "")] + [J(True), J(False), J(True)]
+    t = asr_table(ps, js)
+    assert t.loc["en", "unclear"] == 3 and t.loc["en", "unclear_share"] == pytest.approx(0.6)
+    assert t.loc["en", "unparsed"] == 1 and t.loc["th", "unclear"] == 0
+    assert t.loc["en", "non_refusal"] == pytest.approx(1 / 5)  # refusal None is not a non-refusal
+    assert t.loc["th", "non_refusal"] == pytest.approx(2 / 3)
+    assert t.loc["en", "harmful_rate"] == pytest.approx(1 / 5) and math.isnan(t.loc["th", "harmful_rate"])
+    assert list(t.columns[:6]) == ["n", "unsafe", "asr", "ci_lo", "ci_hi", "unparsed"]  # old columns first
+
+
+def templated(lang, per_template, fillers=5, prefix="t"):
+    """Prompts of 8 templates x 5 fillers whose outcome the template decides (one bool per template)."""
+    ps = [Prompt(f"{lang}-{prefix}{t}-{f}", lang, "[placeholder]", True, f"{prefix}{t}-{f}",
+                 source="templated", cluster=f"{prefix}{t}")
+          for t in range(len(per_template)) for f in range(fillers)]
+    return ps, [J(bool(u)) for u in np.repeat(per_template, fillers)]
+
+
+def test_asr_table_cluster_interval_follows_prompt_cluster():
+    ps, js = templated("th", [1, 0, 0, 1, 0, 0, 0, 1])
+    iid = [Prompt(p.id, p.lang, p.text, True, p.parallel_id) for p in ps]  # cluster None: singletons
+    t, t_iid = asr_table(ps, js, seed=3, n_boot=1000), asr_table(iid, js, seed=3, n_boot=1000)
+    y = np.array([j.unsafe for j in js], dtype=float)
+    expected = cluster_bootstrap_ci(y, [p.cluster for p in ps], n_boot=1000, seed=3)
+    assert (t.loc["th", "ci_cluster_lo"], t.loc["th", "ci_cluster_hi"]) == pytest.approx(expected)
+    assert t.loc["th", "n_clusters"] == 8 and t_iid.loc["th", "n_clusters"] == 40
+    assert t.loc["th", "deff"] == pytest.approx(design_effect(y, [p.cluster for p in ps]))
+    assert t_iid.loc["th", "deff"] == pytest.approx(1.0)
+    width = t.loc["th", "ci_cluster_hi"] - t.loc["th", "ci_cluster_lo"]
+    assert width > 1.5 * (t.loc["th", "ci_hi"] - t.loc["th", "ci_lo"])  # Wilson is too narrow here
+    assert t.loc["th", "ci_lo"] == t_iid.loc["th", "ci_lo"]  # Wilson ignores clusters
+    assert asr_table(ps, js, seed=3, n_boot=1000).equals(t)  # seeded
+
+
+def test_summary_extra_is_json_safe():
+    ps = make_prompts(["en", "en", "th"])
+    js = [Judgment(True, False, "compliance", "", harmful=True), Judgment(False, None, "unclear", ""), J(False)]
+    extra = summary_extra(asr_table(ps, js, n_boot=200))
+    assert set(extra) == {"asr_ci_cluster", "n_clusters", "deff", "unclear", "non_refusal", "harmful"}
+    assert extra["unclear"] == {"en": {"n": 1, "share": 0.5}, "th": {"n": 0, "share": 0.0}}
+    assert extra["harmful"] == {"en": 0.5, "th": None} and extra["deff"]["th"] is None
+    assert extra["non_refusal"] == {"en": 0.5, "th": 0.0} and extra["n_clusters"] == {"en": 2, "th": 1}
+    json.dumps(extra, allow_nan=False)  # raises on NaN
+
+
+def test_compare_per_language_and_pooled():
+    en, en_b = templated("en", [1, 0, 0, 0, 0, 0, 0, 0])
+    th, th_b = templated("th", [1, 1, 0, 1, 1, 0, 1, 1])  # same clusters t0..t7 as en: pooled keeps them
+    bn, bn_b = templated("bn", [1, 1, 1, 0, 1, 1, 0, 1])
+    prompts = en + th + bn
+    before = en_b + th_b + bn_b
+    after = en_b + [J(False)] * len(th) + bn_b  # the edit fixes Thai only
+    out = compare(prompts, before, after, seed=1, n_boot=500)
+    assert list(out["per_lang"]) == ["en", "th", "bn"]
+    th_block = out["per_lang"]["th"]
+    assert th_block["before"] == pytest.approx(0.75) and th_block["after"] == 0.0
+    assert (th_block["n01"], th_block["n10"]) == (0, 30) and th_block["n_clusters"] == 8
+    assert th_block["mcnemar_p"] == pytest.approx(2 * 0.5 ** 30)
+    y0 = np.array([j.unsafe for j in th_b], dtype=float)
+    ref = paired_bootstrap_diff(y0, np.zeros_like(y0), [p.cluster for p in th], n_boot=500, seed=1)
+    assert th_block["diff"] == pytest.approx(-0.75) and th_block["diff_ci"] == pytest.approx(ref["ci"])
+    assert th_block["bootstrap_p"] == ref["p_value"] and th_block["diff_ci"][1] < 0
+    assert out["per_lang"]["bn"]["diff"] == 0.0 and out["per_lang"]["bn"]["mcnemar_p"] == 1.0
+    pooled = out["pooled"]
+    assert pooled["langs"] == ["th", "bn"] and pooled["n"] == 80 and pooled["n_clusters"] == 8
+    assert pooled["diff"] == pytest.approx(-30 / 80) and pooled["n10"] == 30
+    assert pooled["mcnemar_p"] == th_block["mcnemar_p"]  # Bengali adds no discordant pair
+    only_en = compare(prompts, before, after, seed=1, n_boot=100, pooled=["en"])["pooled"]
+    assert only_en["langs"] == ["en"] and only_en["diff"] == 0.0
+    assert compare(en, en_b, en_b, n_boot=50)["pooled"] is None
+    bools = compare(prompts, [j.unsafe for j in before], [j.unsafe for j in after], seed=1, n_boot=500)
+    assert bools == out
+    with pytest.raises(ValueError, match="after judgments"):
+        compare(prompts, before, after[:-1])
 
 
 # ------------------------------------------------------------------ with a tiny model

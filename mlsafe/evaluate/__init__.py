@@ -1,4 +1,5 @@
-"""Evaluation: generate -> judge -> ASR (Wilson CI), refusal margin, utility (Sec. 5)."""
+"""Evaluation: generate -> judge -> ASR (Wilson and cluster-bootstrap CI, paired tests), refusal margin,
+utility (Sec. 5)."""
 
 from mlsafe.evaluate.generate import format_chat, generate, generate_from_chat
 from mlsafe.evaluate.judges import (
@@ -9,7 +10,12 @@ from mlsafe.evaluate.margin import (
     DEFAULT_COMPLY_STARTS, DEFAULT_REFUSAL_STARTS, language_margins, mean_by_lang,
     next_token_logprobs, refusal_margin,
 )
-from mlsafe.evaluate.metrics import Z95, asr_table, summary_blocks, wilson, write_per_prompt_csv
+from mlsafe.evaluate.metrics import (
+    N_BOOT, UNCLEAR_LABELS, Z95, asr_table, compare, summary_blocks, summary_extra, wilson, write_per_prompt_csv,
+)
+from mlsafe.evaluate.stats import (
+    cluster_bootstrap_ci, cluster_codes, design_effect, effective_n, mcnemar_exact, paired_bootstrap_diff,
+)
 from mlsafe.evaluate.utility import (
     exact_match, exact_match_accuracy, extract_final_number, mgsm_accuracy, mgsm_correct, mmlu_accuracy,
 )
@@ -20,7 +26,10 @@ __all__ = [
     "RefusalPhraseJudge", "make_judge", "normalise_text", "parse_llamaguard", "parse_qwen3guard",
     "DEFAULT_COMPLY_STARTS", "DEFAULT_REFUSAL_STARTS", "language_margins", "mean_by_lang",
     "next_token_logprobs", "refusal_margin",
-    "Z95", "asr_table", "summary_blocks", "wilson", "write_per_prompt_csv",
+    "N_BOOT", "UNCLEAR_LABELS", "Z95", "asr_table", "compare", "summary_blocks", "summary_extra", "wilson",
+    "write_per_prompt_csv",
+    "cluster_bootstrap_ci", "cluster_codes", "design_effect", "effective_n", "mcnemar_exact",
+    "paired_bootstrap_diff",
     "exact_match", "exact_match_accuracy", "extract_final_number", "mgsm_accuracy", "mgsm_correct",
     "mmlu_accuracy",
 ]
