@@ -122,11 +122,14 @@ def low_rank_factors(g: EditGram, *, rank: int, gamma: float, lam: float, method
 
     Q = L L^T (R = L^T), R M = L^{-1} X_low^T D = U S V^T, A = R^{-1} U_r S_r, B = V_r^T
     (orthonormal rows; signs fixed so the largest |entry| of each row of B is positive).
-    method="gram" (default) gets the top-r singular triplets of R M from `eigh` of its smaller
-    Gram matrix ((R M)^T R M or R M (R M)^T): for a 3584 x 2048 R M on one thread that step
-    took 6.5 s against 31 s for method="svd" (a full `torch.linalg.svd`). Squaring R M costs
-    accuracy only where sigma_r and sigma_{r+1} nearly tie (then the top-r subspace is itself
-    ill-determined); the two methods agree to round-off in the tests.
+    method="gram" (default) gets the top-r singular triplets of R M from the top-r
+    eigenvectors of its smaller Gram matrix ((R M)^T R M or R M (R M)^T), `_top_eigvecs`:
+    only r eigenvectors are computed (LAPACK dsyevx through scipy on CPU), not all of them;
+    no SVD. method="svd" is the exact reference (a full `torch.linalg.svd`). Squaring R M
+    costs accuracy only where sigma_r and sigma_{r+1} nearly tie (then the top-r subspace
+    is itself ill-determined); on random and ill-conditioned problems the two agree to
+    round-off and their objectives to 1e-10 relative (tests/test_solver.py). Measured
+    times against the floor (one Cholesky of Q + one triangular solve): scripts/bench_solver.py.
     """
     _check_rank(rank, g.d_in, g.m)
     if method not in ("gram", "svd"):
@@ -137,10 +140,10 @@ def low_rank_factors(g: EditGram, *, rank: int, gamma: float, lam: float, method
         u, s, vh = torch.linalg.svd(rm, full_matrices=False)
         us, vh = u[:, :rank] * s[:rank], vh[:rank]
     elif g.m <= g.d_in:
-        vh = torch.linalg.eigh(rm.T @ rm).eigenvectors[:, -rank:].flip(1).T   # V_r^T
+        vh = _top_eigvecs(rm.T @ rm, rank).T                                 # V_r^T
         us = rm @ vh.T                                                       # U_r S_r
     else:
-        u = torch.linalg.eigh(rm @ rm.T).eigenvectors[:, -rank:].flip(1)     # U_r
+        u = _top_eigvecs(rm @ rm.T, rank)                                    # U_r
         svh = u.T @ rm                                                       # S_r V_r^T
         s = torch.linalg.vector_norm(svh, dim=1)
         vh = svh / s.where(s > 0, torch.ones_like(s)).unsqueeze(1)
@@ -149,6 +152,24 @@ def low_rank_factors(g: EditGram, *, rank: int, gamma: float, lam: float, method
     sign[sign == 0] = 1.0
     a = torch.linalg.solve_triangular(chol.T, us * sign.T, upper=True)
     return a.to(dtype), (vh * sign).to(dtype)
+
+
+def _top_eigvecs(c: Tensor, rank: int) -> Tensor:
+    """Eigenvectors [n, rank] of the symmetric c [n, n] for its `rank` largest eigenvalues,
+    largest first. On CPU with scipy installed only those are computed (dsyevx: Householder
+    tridiagonalisation, bisection, inverse iteration); else (GPU tensors, or no scipy) a
+    full `torch.linalg.eigh`."""
+    n = c.shape[0]
+    if c.device.type == "cpu" and rank < n:
+        try:
+            from scipy.linalg import eigh as scipy_eigh
+        except ImportError:
+            scipy_eigh = None
+        if scipy_eigh is not None:
+            vecs = scipy_eigh(c.numpy(), subset_by_index=[n - rank, n - 1], driver="evx",
+                              check_finite=False, overwrite_a=False)[1]
+            return torch.from_numpy(vecs[:, ::-1].copy())
+    return torch.linalg.eigh(c).eigenvectors[:, -rank:].flip(1)
 
 
 def solve_from_gram(g: EditGram, *, rank: int, gamma: float, lam: float, method: str = "gram",

@@ -65,6 +65,37 @@ def test_gram_and_svd_methods_agree_for_tall_and_wide_problems(d, m):
         solver.low_rank_factors(g, rank=1, method="qr", **KW)
 
 
+@pytest.mark.parametrize("case", ["random", "ill_conditioned", "wide"])
+def test_partial_eigh_fast_path_matches_the_full_svd(case):
+    # "gram" computes only r eigenvectors of the smaller Gram of R M; "svd" is the exact reference
+    kw = dict(gamma=0.3, lam=1e-6)
+    if case == "random":
+        x_low, d_gap, x_safe = problem(11, n_h=80, n_s=50, d=40, m=24, signal=1.0)
+    elif case == "ill_conditioned":  # X_low columns scaled over 6 decades: cond(Q) ~ 1e12
+        x_low, d_gap, x_safe = problem(12, n_h=80, n_s=50, d=40, m=24, signal=1.0,
+                                       scales=torch.logspace(3, -3, 40).tolist())
+    else:  # m > d: the d x d Gram side
+        x_low, d_gap, x_safe = problem(13, n_h=80, n_s=50, d=20, m=36, signal=1.0)
+    g = build_gram(x_low, d_gap, x_safe)
+    for rank in (1, 4, 9):
+        fast = solver.solve_from_gram(g, rank=rank, **kw)
+        exact = solver.solve_from_gram(g, rank=rank, method="svd", **kw)
+        j_fast, j_exact = solver.objective(fast, g, **kw), solver.objective(exact, g, **kw)
+        assert abs(j_fast - j_exact) <= 1e-10 * abs(j_exact)
+        assert float(torch.linalg.norm(fast - exact) / torch.linalg.norm(exact)) < 1e-7
+
+
+def test_top_eigvecs_are_the_leading_eigenvectors_in_order():
+    a = torch.randn(50, 30, generator=torch.Generator().manual_seed(14), dtype=F64)
+    c = a.T @ a
+    ref = torch.linalg.eigh(c).eigenvectors[:, -5:].flip(1)
+    got = solver._top_eigvecs(c, 5)
+    assert got.shape == (30, 5) and got.dtype == F64
+    torch.testing.assert_close((got * ref).sum(0).abs(), torch.ones(5, dtype=F64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(solver._top_eigvecs(c, 30).abs(), torch.linalg.eigh(c).eigenvectors.flip(1).abs(),
+                               rtol=0, atol=1e-10)
+
+
 def test_full_rank_equals_ridge_solution():
     x_low, d_gap, x_safe = problem()
     g = build_gram(x_low, d_gap, x_safe)
