@@ -11,9 +11,9 @@ from mlsafe.edit import SparseEdit, fingerprint
 from mlsafe.evaluate.kl import first_token_kl, first_token_kl_per_prompt
 from mlsafe.prompts import Prompt
 
-PROMPTS = [Prompt(f"p{i}-{lang}", lang, text, False, f"p{i}")
-           for i, (lang, text) in enumerate([("en", "The cat sleeps on the mat."), ("th", "แมวนอนบนเสื่อ"),
-                                             ("en", "Answer: 42"), ("th", "นี่คือคำตอบสั้น ๆ")])]
+TEXTS = [("en", "The cat sleeps on the mat."), ("th", "แมวนอนบนเสื่อ"), ("en", "Answer: 42"),
+         ("th", "นี่คือคำตอบสั้น ๆ")]
+PROMPTS = [Prompt(f"p{i}-{lang}", lang, text, False, f"p{i}") for i, (lang, text) in enumerate(TEXTS)]
 
 
 def qwen():

@@ -16,6 +16,9 @@ COMMANDS: dict[str, str] = {
     "reproduce": "mlsafe.commands.reproduce",
     "ablate": "mlsafe.commands.ablate",
     "diagnose": "mlsafe.commands.diagnose",
+    "edit": "mlsafe.commands.edit",
+    "apply": "mlsafe.commands.apply",
+    "audit": "mlsafe.commands.audit",
 }
 
 
