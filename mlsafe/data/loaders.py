@@ -25,6 +25,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from mlsafe.errors import UserError
 from mlsafe.langs import LANGS
 from mlsafe.prompts import Prompt
 
@@ -54,8 +55,9 @@ MGSM_LANGS = ("en", "zh", "ja", "th", "bn")
 MMMLU_CONFIGS = {"zh": "ZH_CN", "ja": "JA_JP", "id": "ID_ID", "bn": "BN_BD"}
 
 
-class DataUnavailable(RuntimeError):
-    """A data set could not be loaded; the message says what to download and where to put it."""
+class DataUnavailable(RuntimeError, UserError):
+    """A data set could not be loaded; the message says what to download and where to put it
+    (a UserError: the CLI prints it as one line)."""
 
 
 @dataclass(frozen=True)
