@@ -8,7 +8,9 @@
   Delta_j, the z-scores of eq. 13 and Cohen's d of eq. 14-15).
 * :class:`Gram` streams X^T X and X^T Y (the inputs of Q and X_low^T D_S, Theorem 4.1).
 * :func:`collect` and :func:`collect_paired` run a model over prompts in batches and
-  fill those accumulators, so memory does not grow with the number of prompts.
+  fill those accumulators, so memory does not grow with the number of prompts;
+  :func:`collect_fused` fills the accumulators of several prompt groups in one pass
+  (each text read once).
 """
 
 from __future__ import annotations
@@ -218,17 +220,23 @@ class Moments:
 
 
 class Gram:
-    """Streamed float64 X^T X (``xtx``) and, when paired rows Y are given, X^T Y (``xty``)."""
+    """Streamed float64 X^T X (``xtx``) and, when paired rows Y are given, X^T Y (``xty``);
+    with ``with_yty=True`` also Y^T Y (``yty``), so that Gram matrices of any linear mix of
+    X and Y (e.g. the gap Y - X) follow without another pass."""
 
-    def __init__(self):
+    def __init__(self, with_yty: bool = False):
         self.n = 0
+        self.with_yty = with_yty
         self.xtx: torch.Tensor | None = None
         self.xty: torch.Tensor | None = None
+        self.yty: torch.Tensor | None = None
 
     def update(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         x = _as_rows(x, "x")
         if self.n and (y is None) != (self.xty is None):
             raise ValueError("pass y in every update or in none (X^T Y needs every paired row)")
+        if self.with_yty and y is None:
+            raise ValueError("this Gram keeps Y^T Y (with_yty=True): pass y in every update")
         if y is not None:
             y = _as_rows(y, "y").to(x.device)
             if y.shape[0] != x.shape[0]:
@@ -238,6 +246,9 @@ class Gram:
         if y is not None:
             xty = x.T @ y
             self.xty = xty if self.xty is None else self.xty + xty.to(self.xty.device)
+        if self.with_yty:
+            yty = y.T @ y
+            self.yty = yty if self.yty is None else self.yty + yty.to(self.yty.device)
         self.n += x.shape[0]
 
 
@@ -360,3 +371,117 @@ def collect_paired(model: nn.Module, tokenizer, texts_a: Sequence[str], texts_b:
                 grams[layer].update(select_positions(cap_a.mlp_inputs[layer], keep_a, position),
                                     select_positions(cap_b.mlp_inputs[layer], keep_b, position))
     return grams
+
+
+def _units(n_texts: int, pairs: dict[str, Sequence[tuple[int, int]]]) -> list[list[int]]:
+    """Text indices grouped so that both texts of every pair lie in one group (connected
+    components of the pair graph, e.g. an English prompt with all its translations), then
+    every other text alone; groups and their members in order of first appearance."""
+    parent = list(range(n_texts))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    order: list[int] = []
+    for plist in pairs.values():
+        for a, b in plist:
+            order += [int(b), int(a)]
+            ra, rb = root(int(a)), root(int(b))
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    seen: set[int] = set()
+    for i in order + list(range(n_texts)):
+        if i not in seen:
+            seen.add(i)
+            groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def collect_fused(model: nn.Module, tokenizer, texts: Sequence[str], layers: Iterable[int], *,
+                  position: str = "last", moments: dict[str, Sequence[int]] | None = None,
+                  grams: dict[str, Sequence[int]] | None = None,
+                  pairs: dict[str, Sequence[tuple[int, int]]] | None = None, with_yty: Sequence[str] = (),
+                  batch_size: int = 16, device=None, progress: bool = False) -> dict[int, dict]:
+    """Every statistic of several prompt groups in ONE forward pass over `texts` (each text read once).
+
+    Groups index into `texts` (chat template applied):
+      moments[name] = [i, ...]: Moments of the neuron activations a(x) at `position`
+                      (as ``collect(..., what=("activations",))``);
+      grams[name]   = [i, ...]: Gram X^T X of the MLP inputs at EVERY kept token
+                      (as ``collect(..., position="all", what=("mlp_inputs",))``);
+      pairs[name]   = [(a, b), ...]: cross-Gram of MLP inputs at `position`, x = row of text a,
+                      y = row of text b (as ``collect_paired``); names in `with_yty` also keep Y^T Y.
+    A text may sit in several groups (e.g. an English prompt in the neuron moments and as
+    the source side of its translations' pairs). Batches keep each pair's texts together
+    (`_units`), so memory is bounded by the batch, not the number of texts; results equal
+    the separate collectors' up to float64 round-off (and the model's own batch-padding
+    round-off). Returns ``{layer: {name: Moments | Gram}}``.
+    """
+    moments, grams, pairs = dict(moments or {}), dict(grams or {}), dict(pairs or {})
+    names = [*moments, *grams, *pairs]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"give at least one group, with unique names across moments/grams/pairs; got {names}")
+    if pairs and position not in ("last", "mean") and last_k(position) is None:
+        raise ValueError(f"paired rows need the same rows for every prompt: position 'last', 'lastK' or "
+                         f"'mean', got {position!r}")
+    n = len(texts)
+    for name, idx in [*moments.items(), *grams.items(), *((k, [i for ab in v for i in ab])
+                                                          for k, v in pairs.items())]:
+        if any(not 0 <= int(i) < n for i in idx):
+            raise ValueError(f"group {name!r} indexes outside texts (0..{n - 1})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    layers = sorted(set(int(layer) for layer in layers))
+    out = {layer: {**{k: Moments() for k in moments}, **{k: Gram() for k in grams},
+                   **{k: Gram(with_yty=k in with_yty) for k in pairs}} for layer in layers}
+    mom_sets = {k: set(int(i) for i in idx) for k, idx in moments.items()}
+    gram_sets = {k: set(int(i) for i in idx) for k, idx in grams.items()}
+    used = set().union(*mom_sets.values(), *gram_sets.values(), *({i for ab in v for i in ab} for v in pairs.values()))
+    units = [u for u in _units(n, pairs) if u[0] in used]
+    batches, cur = [], []
+    for unit in units:
+        if cur and len(cur) + len(unit) > batch_size:
+            batches.append(cur)
+            cur = []
+        cur = cur + unit
+    if cur:
+        batches.append(cur)
+    pair_index = {k: {} for k in pairs}      # pair group -> b -> [a, ...] in given order
+    for k, plist in pairs.items():
+        for a, b in plist:
+            pair_index[k].setdefault(int(b), []).append(int(a))
+    need_acts, need_inputs = bool(moments), bool(grams or pairs)
+    dev = device if device is not None else next(model.parameters()).device
+    if progress:
+        from tqdm.auto import tqdm
+        batches = tqdm(batches, desc="collect", unit="batch")
+    with _inference(model):
+        for batch in batches:
+            enc = encode_batch(tokenizer, [texts[i] for i in batch], dev)
+            keep = enc["attention_mask"].bool()
+            row_of = {i: r for r, i in enumerate(batch)}
+            with capture(model, layers, mlp_inputs=need_inputs, activations=need_acts,
+                         stop_after_last=True) as cap:
+                cap.forward(**enc, use_cache=False)
+            for layer in layers:
+                acc = out[layer]
+                for k, members in mom_sets.items():
+                    rows = [r for r, i in enumerate(batch) if i in members]
+                    if rows:
+                        acc[k].update(select_positions(cap.activations[layer][rows], keep[rows], position))
+                for k, members in gram_sets.items():
+                    rows = [r for r, i in enumerate(batch) if i in members]
+                    if rows:
+                        acc[k].update(select_positions(cap.mlp_inputs[layer][rows], keep[rows], "all"))
+                for k, by_b in pair_index.items():
+                    ra = [row_of[a] for b in batch if b in by_b for a in by_b[b]]
+                    rb = [row_of[b] for b in batch if b in by_b for _ in by_b[b]]
+                    if ra:
+                        h = cap.mlp_inputs[layer]
+                        acc[k].update(select_positions(h[ra], keep[ra], position),
+                                      select_positions(h[rb], keep[rb], position))
+    return out

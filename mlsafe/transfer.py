@@ -17,7 +17,16 @@ into one X_low as the paper does:
 5. Layer (OPEN in the paper): with ``layer="auto"`` each candidate layer's edit is scored
    on the validation anchors by the refusal margin it adds on target-language harmful
    prompts minus the margin it adds on harmless prompts (a false-refusal penalty); the
-   best layer wins and every candidate's score is recorded.
+   best layer wins and every candidate's score is recorded. With
+   ``layer_selection="predicted"`` the candidates are first ranked by the closed-form
+   fraction of the validation pairs' safety gap ||D_S||^2 their edit closes (from
+   validation-pair Gram matrices streamed in the same pass, `predicted_gap_closed`), and
+   only the top ``confirm_top`` are scored by margins.
+
+Statistics pass: ``stats_pass="separate"`` (default, the committed results' path) runs
+four collectors (English harmful prompts are read twice); ``stats_pass="fused"`` reads
+every prompt once (`probe.collect_fused`), each English harmful prompt in one batch with
+its translations. Both give the same statistics up to the model's batch-padding round-off.
 
 Scaling (OPEN in the paper, which reports no gamma or lambda): the Gram matrices are
 normalised per row, Q = X_low^T X_low / N_low + gamma X_safe^T X_safe / N_safe + lam I,
@@ -42,6 +51,8 @@ from mlsafe.prompts import Prompt
 
 MarginFn = Callable[[torch.nn.Module, list[Prompt]], torch.Tensor]
 SOLVERS = ("whitened", "naive", "nullspace", "ridge")
+STATS_PASSES = ("separate", "fused")
+LAYER_SELECTIONS = ("margins", "predicted")
 
 
 @dataclass
@@ -64,6 +75,9 @@ class EditConfig:
     val_fraction: float = 0.25
     seed: int = 0
     batch_size: int = 16
+    stats_pass: str = "separate"
+    layer_selection: str = "margins"
+    confirm_top: int = 2
 
     def __post_init__(self):
         self.targets = list(self.targets)
@@ -75,6 +89,12 @@ class EditConfig:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.stats_pass not in STATS_PASSES:
+            raise ValueError(f"stats_pass must be one of {STATS_PASSES}, got {self.stats_pass!r}")
+        if self.layer_selection not in LAYER_SELECTIONS:
+            raise ValueError(f"layer_selection must be one of {LAYER_SELECTIONS}, got {self.layer_selection!r}")
+        if not (isinstance(self.confirm_top, int) and self.confirm_top >= 1):
+            raise ValueError(f"confirm_top must be an integer >= 1, got {self.confirm_top!r}")
         if self.layer == "auto" and self.val_fraction == 0.0:
             raise ValueError("layer='auto' chooses the layer on validation anchors: set val_fraction > 0 "
                              "or give an explicit layer")
@@ -102,6 +122,9 @@ class FitReport:
     n_low: int = 0
     n_safe: int = 0
     stats: "_LayerStats | None" = None   # the chosen layer's statistics, to re-solve for other neuron sets
+    # seconds per stage: "statistics" (forward passes), "neurons", "solve" (all candidates),
+    # "predict" (closed-form scores), "margins" (validation forward passes)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def split_anchors(harmful: Sequence[Prompt], harmless: Sequence[Prompt], val_fraction: float,
@@ -156,30 +179,89 @@ def default_candidates(model) -> list[int]:
 
 
 class _LayerStats:
-    """The streamed statistics of one candidate layer."""
+    """The streamed statistics of one candidate layer (``val``: validation-pair Gram with
+    Y^T Y, only for ``layer_selection="predicted"``)."""
 
-    def __init__(self, acts_harm, acts_safe, paired: probe.Gram, safe: probe.Gram):
+    def __init__(self, acts_harm, acts_safe, paired: probe.Gram, safe: probe.Gram, val: probe.Gram | None = None):
         self.acts_harm, self.acts_safe, self.paired, self.safe = acts_harm, acts_safe, paired, safe
+        self.val = val
 
 
 def collect_stats(model, tokenizer, anchors: Anchors, cfg: EditConfig, layers: Sequence[int],
-                  *, progress: bool = False) -> dict[int, _LayerStats]:
-    """One streamed pass per prompt group over all candidate layers (float64 statistics)."""
+                  *, progress: bool = False, validation_pairs: bool = False) -> dict[int, _LayerStats]:
+    """Statistics of every candidate layer, streamed in float64 (see the module docstring).
+
+    cfg.stats_pass="separate": one collector per prompt group (English harmful prompts twice);
+    "fused": one `probe.collect_fused` pass, every prompt read once. With `validation_pairs`
+    the validation target-language harmful prompts and their English originals are streamed
+    too (``_LayerStats.val``: X_low^T X_low, X_low^T X_en, X_en^T X_en).
+    """
     kw = dict(batch_size=cfg.batch_size, progress=progress)
     src_harm = [p for p in anchors.fit_harmful if p.lang == cfg.source]
     src_safe = [p for p in anchors.fit_harmless if p.lang == cfg.source]
-    acts_h = probe.collect(model, tokenizer, chat_texts(tokenizer, src_harm), layers,
-                           position=cfg.position, what=("activations",), **kw)
-    acts_s = probe.collect(model, tokenizer, chat_texts(tokenizer, src_safe), layers,
-                           position=cfg.position, what=("activations",), **kw)
     low, src = _pairs(anchors.fit_harmful, cfg.source, cfg.targets)
-    low_t, src_t = chat_texts(tokenizer, low), chat_texts(tokenizer, src)
     conversations = anchors.fit_harmless + src_harm
-    safe = probe.collect(model, tokenizer, chat_texts(tokenizer, conversations, with_response=True), layers,
-                         position="all", what=("mlp_inputs",), **kw)
-    paired = probe.collect_paired(model, tokenizer, low_t, src_t, layers, position=cfg.position, **kw)
-    return {layer: _LayerStats(acts_h[layer]["activations"], acts_s[layer]["activations"], paired[layer],
-                               safe[layer]["mlp_inputs"]) for layer in layers}
+    val_low, val_src = _pairs(anchors.val_harmful, cfg.source, cfg.targets) if validation_pairs else ([], [])
+    if cfg.stats_pass == "separate":
+        acts_h = probe.collect(model, tokenizer, chat_texts(tokenizer, src_harm), layers,
+                               position=cfg.position, what=("activations",), **kw)
+        acts_s = probe.collect(model, tokenizer, chat_texts(tokenizer, src_safe), layers,
+                               position=cfg.position, what=("activations",), **kw)
+        safe = probe.collect(model, tokenizer, chat_texts(tokenizer, conversations, with_response=True), layers,
+                             position="all", what=("mlp_inputs",), **kw)
+        paired = probe.collect_paired(model, tokenizer, chat_texts(tokenizer, low), chat_texts(tokenizer, src),
+                                      layers, position=cfg.position, **kw)
+        val = {}
+        if validation_pairs:
+            texts = chat_texts(tokenizer, val_low + val_src)
+            n = len(val_low)
+            val = probe.collect_fused(model, tokenizer, texts, layers, position=cfg.position,
+                                      pairs={"val": [(i, n + i) for i in range(n)]}, with_yty=["val"], **kw)
+        return {layer: _LayerStats(acts_h[layer]["activations"], acts_s[layer]["activations"], paired[layer],
+                                   safe[layer]["mlp_inputs"], val[layer]["val"] if val else None)
+                for layer in layers}
+    # fused: each prompt (by id; conversations are separate texts) read once
+    index: dict[tuple[str, bool], int] = {}
+    texts: list[str] = []
+
+    def ids(prompts: Sequence[Prompt], with_response: bool = False) -> list[int]:
+        new = [p for p in dict.fromkeys(prompts) if (p.id, with_response) not in index]
+        for p, text in zip(new, chat_texts(tokenizer, new, with_response=with_response)):
+            index[(p.id, with_response)] = len(texts)
+            texts.append(text)
+        return [index[(p.id, with_response)] for p in prompts]
+
+    pairs = {"paired": list(zip(ids(low), ids(src)))}
+    if validation_pairs:
+        pairs["val"] = list(zip(ids(val_low), ids(val_src)))
+    stats = probe.collect_fused(model, tokenizer, texts, layers, position=cfg.position,
+                                moments={"harm": ids(src_harm), "harmless": ids(src_safe)},
+                                grams={"safe": ids(conversations, with_response=True)}, pairs=pairs,
+                                with_yty=["val"] if validation_pairs else [], **kw)
+    return {layer: _LayerStats(st["harm"], st["harmless"], st["paired"], st["safe"], st.get("val"))
+            for layer, st in stats.items()}
+
+
+def predicted_gap_closed(model, edit: SparseEdit, st: _LayerStats) -> float:
+    """Closed-form fraction of the validation pairs' safety gap the edit closes at its layer:
+    1 - sum_modules ||X_low dW - D_S||^2 / sum_modules ||D_S||^2, with D_S = (X_en - X_low) W_S
+    (eq. 4's first term on held-out pairs; the MLP inputs at the edited layer do not depend
+    on the edit, so this equals what the edited model shows on those pairs' pre-activations).
+    Needs ``st.val`` (collect_stats(..., validation_pairs=True))."""
+    if st.val is None:
+        raise ValueError("no validation-pair statistics: collect_stats(..., validation_pairs=True)")
+    xtx, xty, yty = (t.cpu() for t in (st.val.xtx, st.val.xty, st.val.yty))
+    xte = xty - xtx                                          # X_low^T (X_en - X_low)
+    ete = yty - xty - xty.T + xtx                            # (X_en - X_low)^T (X_en - X_low)
+    resid = gap = 0.0
+    for module in edit.modules:
+        w = arch.neuron_weight(model, edit.layer, module).detach()
+        w_s = w[edit.neurons.to(w.device)].T.to(torch.float64).cpu()      # W_S, d_in x m
+        dw = edit.delta(module).cpu()
+        d2 = float((w_s * (ete @ w_s)).sum())                            # ||D_S||^2
+        resid += float((dw * (xtx @ dw)).sum()) - 2.0 * float((dw * (xte @ w_s)).sum()) + d2
+        gap += d2
+    return 1.0 - resid / gap if gap > 0 else 0.0
 
 
 def edit_gram(model, layer: int, module: str, idx: torch.Tensor, st: _LayerStats) -> solver.EditGram:
@@ -221,6 +303,12 @@ def build_edit(model, layer: int, idx: torch.Tensor, st: _LayerStats, cfg: EditC
                       base_fingerprint=fingerprint(model, layer), model_type=arch.get_arch(model).model_type)
 
 
+def _has_pairs(harmful: Sequence[Prompt], cfg: EditConfig) -> bool:
+    """Whether `harmful` holds a target-language prompt with a source original (a pair)."""
+    src = {p.parallel_id for p in harmful if p.lang == cfg.source}
+    return any(p.lang in cfg.targets and p.parallel_id in src for p in harmful)
+
+
 def _validation_groups(anchors: Anchors, cfg: EditConfig) -> tuple[list[Prompt], list[Prompt], list[Prompt]]:
     """Target harmful, harmless and source harmful validation anchors."""
     return ([p for p in anchors.val_harmful if p.lang in cfg.targets], list(anchors.val_harmless),
@@ -257,38 +345,64 @@ def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt],
         if not 0 <= int(cfg.layer) < n:
             raise ValueError(f"layer {cfg.layer} is out of range: this model has layers 0..{n - 1}")
         layers = [int(cfg.layer)]
+    predicted = cfg.layer_selection == "predicted" and len(layers) > 1
+    if predicted and not _has_pairs(anchors.val_harmful, cfg):
+        raise ValueError(f"layer_selection='predicted' needs validation harmful anchors in {list(cfg.targets)} "
+                         f"with a {cfg.source} original; raise val_fraction or use layer_selection='margins'")
     t0 = time.perf_counter()
-    stats = collect_stats(model, tokenizer, anchors, cfg, layers, progress=progress)
+    stats = collect_stats(model, tokenizer, anchors, cfg, layers, progress=progress, validation_pairs=predicted)
     report = FitReport(layer=-1, n_neurons=0, collect_seconds=time.perf_counter() - t0)
-    best = None
-    t2 = time.perf_counter()
-    before = validation_margins(model, anchors, cfg, margin) if len(layers) > 1 else None
-    report.select_seconds += time.perf_counter() - t2
+    clock = {k: 0.0 for k in ("neurons", "solve", "predict", "margins")}
+    clock["statistics"] = report.collect_seconds
+    built = []   # (row, edit, stats) of every candidate with neurons
     for layer in layers:
         st = stats[layer]
+        t1 = time.perf_counter()
         sets = neurons.safety_neurons_from_moments(st.acts_harm, st.acts_safe,
                                                    tau_mag=cfg.tau_mag, tau_stat=cfg.tau_stat)
+        clock["neurons"] += time.perf_counter() - t1
         report.neuron_sets[layer] = sets
         idx = sets.s_safety
         row = {"layer": layer, "n_neurons": int(idx.numel()),
                "separability": float(sets.cohens_d[sets.s_safety].clamp(max=1e6).mean())
                if sets.s_safety.numel() else 0.0}
+        report.candidates.append(row)
         if idx.numel() == 0:
-            report.candidates.append({**row, "score": float("-inf")})
+            row["score"] = float("-inf")
             continue
         t1 = time.perf_counter()
         edit = build_edit(model, layer, idx, st, cfg)
-        solve_s = time.perf_counter() - t1
-        if len(layers) > 1:
-            t2 = time.perf_counter()
-            row.update(_score(model, edit, anchors, cfg, margin, before))
-            report.select_seconds += time.perf_counter() - t2
-        else:
+        row["solve_seconds"] = time.perf_counter() - t1
+        clock["solve"] += row["solve_seconds"]
+        if predicted:
+            t1 = time.perf_counter()
+            row["predicted_gap_closed"] = predicted_gap_closed(model, edit, st)
+            clock["predict"] += time.perf_counter() - t1
+        built.append((row, edit, st))
+    if len(layers) == 1:
+        for row, _, _ in built:
             row["score"] = 0.0
-        row["solve_seconds"] = solve_s
-        report.candidates.append(row)
-        if best is None or row["score"] > best[0]["score"]:
-            best = (row, edit, st)
+    elif built:
+        confirm = built
+        if predicted:
+            confirm = sorted(built, key=lambda b: -b[0]["predicted_gap_closed"])[:cfg.confirm_top]
+            for row, _, _ in built:
+                row["confirmed"] = any(row is c[0] for c in confirm)
+                if not row["confirmed"]:
+                    row["score"] = float("-inf")   # not scored by margins
+        t2 = time.perf_counter()
+        before = validation_margins(model, anchors, cfg, margin)
+        for row, edit, _ in confirm:
+            row.update(_score(model, edit, anchors, cfg, margin, before))
+        clock["margins"] = time.perf_counter() - t2
+    for row, _, _ in built:   # the key order of the margins-only rows before stage_seconds existed
+        row["solve_seconds"] = row.pop("solve_seconds")
+    report.select_seconds = clock["predict"] + clock["margins"]
+    report.stage_seconds = clock
+    best = None
+    for cand in built:
+        if best is None or cand[0]["score"] > best[0]["score"]:
+            best = cand
     if best is None:
         raise ValueError(f"no candidate layer in {layers} has any safety neuron at tau_mag={cfg.tau_mag}, "
                          f"tau_stat={cfg.tau_stat}; lower the thresholds or give more anchors")

@@ -217,3 +217,59 @@ def test_collect_paired_cross_gram():
         probe.collect_paired(model, tok, a_texts, b_texts[:2], [1])
     with pytest.raises(ValueError, match="'last', 'lastK' or 'mean'"):
         probe.collect_paired(model, tok, a_texts, b_texts, [1], position="all")
+
+
+@pytest.mark.parametrize("position", ["last", "last2"])
+def test_collect_fused_equals_the_separate_passes(position):
+    # float64 model: the fused pass's different batch composition changes nothing beyond round-off
+    model, tok = tiny_model("llama").double(), tiny_tokenizer()
+    src = ["Hello there, friend.", "Why?", "ok 42"]
+    low = ["Bonjour.", "Pourquoi?", "d'accord 42", "Hallo.", "Warum?"]
+    low_src = [0, 1, 2, 0, 1]                      # low[i] translates src[low_src[i]]
+    safe = ["A much longer prompt with many words in it!", "Fine, thanks."]
+    texts = src + low + safe
+    pairs = [(3 + i, j) for i, j in enumerate(low_src)]
+    fused = probe.collect_fused(model, tok, texts, [0, 1], position=position, batch_size=4,
+                                moments={"harm": [0, 1, 2], "safe": [8, 9]}, grams={"conv": [8, 9, 0]},
+                                pairs={"pairs": pairs[:3], "val": pairs[3:]}, with_yty=["val"])
+    harm = probe.collect(model, tok, src, [0, 1], position=position, batch_size=2)
+    safe_m = probe.collect(model, tok, safe, [0, 1], position=position, batch_size=2)
+    conv = probe.collect(model, tok, safe + src[:1], [0, 1], position="all", what=("mlp_inputs",))
+    paired = probe.collect_paired(model, tok, low[:3], [src[j] for j in low_src[:3]], [0, 1], position=position)
+    val = probe.collect_paired(model, tok, low[3:], [src[j] for j in low_src[3:]], [0, 1], position=position)
+    val_src = probe.collect(model, tok, [src[j] for j in low_src[3:]], [0, 1], position=position,
+                            what=("mlp_inputs",))
+    close = dict(rtol=1e-10, atol=1e-10)
+    for layer in (0, 1):
+        f = fused[layer]
+        for name, ref in (("harm", harm), ("safe", safe_m)):
+            assert f[name].n == ref[layer]["activations"].n
+            torch.testing.assert_close(f[name].mean, ref[layer]["activations"].mean, **close)
+            torch.testing.assert_close(f[name].var, ref[layer]["activations"].var, **close)
+        assert f["conv"].n == conv[layer]["mlp_inputs"].n
+        torch.testing.assert_close(f["conv"].xtx, conv[layer]["mlp_inputs"].xtx, **close)
+        for name, ref in (("pairs", paired), ("val", val)):
+            assert f[name].n == ref[layer].n
+            torch.testing.assert_close(f[name].xtx, ref[layer].xtx, **close)
+            torch.testing.assert_close(f[name].xty, ref[layer].xty, **close)
+        torch.testing.assert_close(f["val"].yty, val_src[layer]["mlp_inputs"].xtx, **close)
+        assert f["pairs"].yty is None
+
+
+def test_collect_fused_reads_each_text_once_and_keeps_pairs_in_one_batch():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    seen = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    try:
+        probe.collect_fused(model, tok, TEXTS + ["Bonjour."], [0], batch_size=2,
+                            moments={"m": [0, 1, 2, 3]}, pairs={"p": [(4, 2), (1, 2)]})
+    finally:
+        handle.remove()
+    assert sum(seen) == 5                         # 5 texts, 5 rows in all
+    assert probe._units(5, {"p": [(4, 2), (1, 2)]}) == [[2, 4, 1], [0], [3]]
+    with pytest.raises(ValueError, match="unique names"):
+        probe.collect_fused(model, tok, TEXTS, [0], moments={"a": [0]}, grams={"a": [1]})
+    with pytest.raises(ValueError, match="indexes outside texts"):
+        probe.collect_fused(model, tok, TEXTS, [0], pairs={"p": [(0, 9)]})
+    with pytest.raises(ValueError, match="with_yty=True"):
+        probe.Gram(with_yty=True).update(torch.ones(2, 3))

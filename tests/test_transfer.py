@@ -104,3 +104,99 @@ def test_split_keeps_translations_together():
     assert fit_ids and val_ids and not fit_ids & val_ids
     assert len(a.fit_harmful) + len(a.val_harmful) == len(harmful)
     assert transfer.split_anchors(harmful, harmless, 0.25, seed=3) == a
+
+
+def _margin_fn(tok):
+    first = tok.encode("sorry", add_special_tokens=False)[0]
+
+    def margin(m, prompts):  # a stand-in margin: log-prob of the first token of "sorry"
+        enc = probe.encode_batch(tok, transfer.chat_texts(tok, prompts))
+        with torch.no_grad():
+            logits = m(**enc).logits[:, -1].double()
+        return torch.log_softmax(logits, -1)[:, first]
+    return margin
+
+
+def test_fused_statistics_pass_equals_the_separate_passes():
+    tok = tiny.build_tokenizer("llama")
+    model = tiny.build_model("llama", tok, seed=0, layers=3).double()  # float64: round-off only
+    harmful, harmless = _anchors()
+    anchors = transfer.split_anchors(harmful, harmless, 0.34, seed=0)
+    out = {}
+    for mode in ("separate", "fused"):
+        cfg = transfer.EditConfig(targets=["th", "bn"], stats_pass=mode, batch_size=5)
+        out[mode] = transfer.collect_stats(model, tok, anchors, cfg, [0, 2], validation_pairs=True)
+    close = dict(rtol=1e-10, atol=1e-10)
+    for layer in (0, 2):
+        a, b = out["separate"][layer], out["fused"][layer]
+        for name in ("acts_harm", "acts_safe"):
+            assert getattr(a, name).n == getattr(b, name).n > 0
+            torch.testing.assert_close(getattr(a, name).mean, getattr(b, name).mean, **close)
+            torch.testing.assert_close(getattr(a, name).var, getattr(b, name).var, **close)
+        for name in ("paired", "safe", "val"):
+            ga, gb = getattr(a, name), getattr(b, name)
+            assert ga.n == gb.n > 0
+            for t in ("xtx", "xty", "yty"):
+                if getattr(ga, t) is None:
+                    assert getattr(gb, t) is None
+                else:
+                    torch.testing.assert_close(getattr(ga, t), getattr(gb, t), **close)
+
+
+def test_predicted_gap_closed_equals_the_gap_the_edited_model_closes(tiny_lm):
+    model, tok = tiny_lm
+    harmful, harmless = _anchors()
+    cfg = transfer.EditConfig(targets=["th", "bn"], layer=1, rank=2, tau_mag=1.0, tau_stat=0.5,
+                              val_fraction=0.34, stats_pass="fused")
+    anchors = transfer.split_anchors(harmful, harmless, cfg.val_fraction, cfg.seed)
+    st = transfer.collect_stats(model, tok, anchors, cfg, [1], validation_pairs=True)[1]
+    idx = transfer.neurons.safety_neurons_from_moments(st.acts_harm, st.acts_safe, tau_mag=1.0,
+                                                       tau_stat=0.5).s_safety
+    assert idx.numel() > 0
+    edit = transfer.build_edit(model, 1, idx, st, cfg)
+    predicted = transfer.predicted_gap_closed(model, edit, st)
+    low = [p for p in anchors.val_harmful if p.lang != "en"]
+    src = [next(q for q in anchors.val_harmful if q.lang == "en" and q.parallel_id == p.parallel_id) for p in low]
+
+    def rows(prompts, module):
+        enc = probe.encode_batch(tok, transfer.chat_texts(tok, prompts))
+        with probe.capture(model, [1]) as cap, torch.no_grad():
+            cap.forward(**enc)
+        x = probe.select_positions(cap.mlp_inputs[1], enc["attention_mask"], "last").double()
+        return x @ arch.neuron_weight(model, 1, module).detach()[idx].T.double()
+
+    targets = {mod: rows(src, mod) for mod in cfg.modules}
+    gap = sum(float(((rows(low, mod) - targets[mod]) ** 2).sum()) for mod in cfg.modules)
+    with edit.applied(model):
+        resid = sum(float(((rows(low, mod) - targets[mod]) ** 2).sum()) for mod in cfg.modules)
+    assert 0.0 < predicted < 1.0
+    assert predicted == pytest.approx(1.0 - resid / gap, rel=1e-4, abs=1e-5)
+    with pytest.raises(ValueError, match="validation_pairs=True"):
+        transfer.predicted_gap_closed(model, edit, transfer.collect_stats(model, tok, anchors, cfg, [1])[1])
+
+
+def test_predicted_layer_selection_confirms_the_top_candidates_by_margins(tiny_lm):
+    model, tok = tiny_lm
+    harmful, harmless = _anchors()
+    margin = _margin_fn(tok)
+    base = dict(targets=["th"], layer="auto", rank=2, tau_mag=1.0, tau_stat=0.5, val_fraction=0.34)
+    _, by_margins = transfer.fit(model, tok, harmful, harmless, transfer.EditConfig(**base), margin=margin)
+    # confirming every candidate is the margins selection, with the same scores
+    _, full = transfer.fit(model, tok, harmful, harmless,
+                           transfer.EditConfig(**base, layer_selection="predicted", confirm_top=3), margin=margin)
+    assert full.layer == by_margins.layer
+    for a, b in zip(by_margins.candidates, full.candidates):
+        assert a["score"] == pytest.approx(b["score"], rel=1e-9, abs=1e-12)
+    # confirming one: the best-predicted layer, scored by margins; the others are unscored
+    edit, one = transfer.fit(model, tok, harmful, harmless,
+                             transfer.EditConfig(**base, layer_selection="predicted", confirm_top=1,
+                                                 stats_pass="fused"), margin=margin)
+    scored = [c for c in one.candidates if c["n_neurons"] > 0]
+    top = max(scored, key=lambda c: c["predicted_gap_closed"])
+    assert one.layer == edit.layer == top["layer"] and top["confirmed"]
+    assert all(c["score"] == float("-inf") for c in scored if c is not top)
+    assert set(one.stage_seconds) == {"statistics", "neurons", "solve", "predict", "margins"}
+    with pytest.raises(ValueError, match="layer_selection must be one of"):
+        transfer.EditConfig(targets=["th"], layer_selection="fast")
+    with pytest.raises(ValueError, match="stats_pass must be one of"):
+        transfer.EditConfig(targets=["th"], stats_pass="one")
