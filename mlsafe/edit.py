@@ -5,14 +5,16 @@ input-projection columns W_S of the safety neurons S at one layer, in the paper'
 row-vector convention (W_S <- W_S + dW). Applying it writes rows S of
 ``arch.neuron_weight(model, layer, module)`` (+= dW^T) and keeps a copy of the original
 rows; reverting copies them back (never subtracts), so every parameter is bit-identical
-afterwards. Edits are small safetensors files tied to their base model by a
-:func:`fingerprint`.
+afterwards. Edits are small safetensors files tied to their base model by a dtype- and
+device-independent :func:`fingerprint` and protected by a sha256 of their own content
+(:func:`content_sha256`, checked on load), written byte-identically for identical edits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +26,32 @@ from torch import nn
 
 import mlsafe
 from mlsafe import arch
+from mlsafe.errors import UserError
 from mlsafe.results import write_atomic
 
 FORMAT = "mlsafe.SparseEdit"
-_SAMPLES_PER_TENSOR = 1024
+#: version of the :func:`fingerprint` scheme, stored in every edit file.
+FINGERPRINT_SCHEME = "bf16-full-v2"
+#: models with at most this many parameters are hashed in full (measured cost in :func:`fingerprint`).
+FULL_HASH_MAX_PARAMS = 2_000_000_000
+_SAMPLES_PER_TENSOR = 65_536
+_CHUNK = 1 << 24  # entries cast and hashed at a time (bounded extra memory)
+
+
+class EditFileError(UserError, ValueError):
+    """An edit file that is missing, not an edit, damaged or inconsistent (one line, exit 2 in the CLI)."""
 
 
 def _hash_tensor(h, t: torch.Tensor) -> None:
-    h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
+    """Hash the values of `t` in a dtype- and device-independent form: each entry rounded to
+    bfloat16 (round-to-nearest-even, the same on CPU and CUDA), as raw little-endian bytes.
+    A float32 model and its ``.to(torch.bfloat16)`` copy hash identically; integer and bool
+    tensors are hashed as int64."""
+    flat = t.detach().reshape(-1)
+    cast = torch.bfloat16 if flat.dtype.is_floating_point else torch.int64
+    for start in range(0, flat.numel(), _CHUNK):
+        part = flat[start:start + _CHUNK].to(cast).contiguous().cpu()
+        h.update(part.view(torch.uint8).numpy())
 
 
 def sample_indices(n: int, k: int = _SAMPLES_PER_TENSOR) -> torch.Tensor:
@@ -41,20 +61,41 @@ def sample_indices(n: int, k: int = _SAMPLES_PER_TENSOR) -> torch.Tensor:
     return torch.arange(k, dtype=torch.long) * (n - 1) // max(k - 1, 1)
 
 
-def fingerprint(model: nn.Module, layer: int | None = None) -> str:
-    """sha256 of a model's identity, cheap even for a 7B model.
+def _mlp_param_ids(model: nn.Module) -> set[int]:
+    return {id(p) for layer in range(arch.n_layers(model)) for p in arch.mlp(model, layer).parameters()}
 
-    Hashes the model_type, the name/shape/dtype of every parameter and 1024 evenly
-    spaced entries of each (so a differently initialised or trained model differs),
-    plus, when `layer` is given, every byte of that layer's MLP parameters (so a model
-    whose layer is already edited, or whose neurons are scaled, differs too).
+
+def fingerprint(model: nn.Module, layer: int | None = None) -> str:
+    """sha256 of a model's identity, independent of its dtype (float32/bfloat16) and device.
+
+    Hashes the model_type, the layer count, the name and shape of every parameter and
+    their values rounded to bfloat16 (:func:`_hash_tensor`), then, when `layer` is given,
+    every value of that layer's MLP again (so an edit is tied to its layer).
+
+    What it guarantees: for models with at most FULL_HASH_MAX_PARAMS (2e9) parameters every
+    parameter entry is hashed, so changing any entry anywhere in the model by more than one
+    bfloat16 ulp (2^-7 relative; smaller changes that alter its rounding too) changes it; for
+    larger models every entry of every layer's MLP (gate/up/down, where edits and neuron
+    scalings act) is hashed and the other tensors (attention, embeddings, norms) by 65,536
+    evenly spaced entries each. Changes below bfloat16 resolution are not seen (that is what
+    makes a bfloat16 copy of a float32 model the same model); a float16 copy may differ
+    (double rounding). Cost, measured by tests/reliability/bench_fingerprint.py on a random
+    Qwen2-0.5B-sized model (630M parameters as built, CPU, one thread): 5.1 s in float32,
+    3.0 s in bfloat16 (about 8 and 5 ns per parameter; the float32 -> bfloat16 cast
+    dominates, sha256 runs at about 0.9 GB/s). Every build_edit call pays it once.
     """
     spec = arch.get_arch(model)
-    h = hashlib.sha256(f"{spec.model_type}|layers={arch.n_layers(model)}".encode())
-    for name, p in model.named_parameters():
-        h.update(f"|{name}|{tuple(p.shape)}|{p.dtype}".encode())
-        flat = p.detach().reshape(-1)
-        _hash_tensor(h, flat[sample_indices(flat.numel()).to(flat.device)])
+    params = list(model.named_parameters())
+    full = sum(p.numel() for _, p in params) <= FULL_HASH_MAX_PARAMS
+    mlp_ids = set() if full else _mlp_param_ids(model)
+    h = hashlib.sha256(f"{FINGERPRINT_SCHEME}|{spec.model_type}|layers={arch.n_layers(model)}".encode())
+    for name, p in params:
+        h.update(f"|{name}|{tuple(p.shape)}".encode())
+        if full or id(p) in mlp_ids:
+            _hash_tensor(h, p)
+        else:
+            flat = p.detach().reshape(-1)
+            _hash_tensor(h, flat[sample_indices(flat.numel()).to(flat.device)])
     if layer is not None:
         h.update(f"|layer={layer}".encode())
         for p in arch.mlp(model, layer).parameters():
@@ -62,15 +103,23 @@ def fingerprint(model: nn.Module, layer: int | None = None) -> str:
     return h.hexdigest()
 
 
+#: model -> layers with a RowPatch that is not yet reverted (an applied edit or neuron scaling).
+_ACTIVE: "weakref.WeakKeyDictionary[nn.Module, list[int]]" = weakref.WeakKeyDictionary()
+
+
 class RowPatch:
     """Overwritten rows of neuron_weight views, with their saved originals.
 
     Returned by :meth:`SparseEdit.apply`; ``revert()`` copies the originals back exactly.
+    While it is not reverted, its layer counts as patched (SparseEdit.apply refuses to stack
+    a second edit there even when the first one is below the fingerprint's resolution).
     """
 
     def __init__(self, model: nn.Module, layer: int):
         self.model, self.layer = model, layer
         self._saved: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        _ACTIVE.setdefault(model, []).append(layer)
+        self._active = True
 
     def write(self, which: str, idx: torch.Tensor, new_rows) -> None:
         """Set rows idx of neuron_weight(which) to new_rows(original float64 rows)."""
@@ -87,6 +136,9 @@ class RowPatch:
             while self._saved:
                 which, idx, original = self._saved.pop()
                 arch.neuron_weight(self.model, self.layer, which)[idx] = original
+        if self._active:
+            _ACTIVE[self.model].remove(self.layer)
+            self._active = False
 
 
 def _neuron_index(neurons, n_max: int, what: str) -> torch.Tensor:
@@ -136,10 +188,24 @@ class SparseEdit:
                 raise ValueError(
                     f"factors[{module!r}] must be (A [d_in, r], B [r, {m}]), got "
                     f"{tuple(a.shape)} and {tuple(b.shape)}")
+        d_in = {a.shape[0] for a, _ in self.factors.values()}
+        if len(d_in) != 1:
+            raise ValueError(f"factors of all modules must share d_in, got {sorted(d_in)}")
+        for module, (a, b) in self.factors.items():
+            if not (a.dtype.is_floating_point and b.dtype.is_floating_point):
+                raise ValueError(f"factors[{module!r}] must be floating point, got {a.dtype} and {b.dtype}")
+            if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+                raise ValueError(f"factors[{module!r}] contain NaN or inf; re-fit the edit")
         try:  # normalised through JSON, so a loaded edit compares equal to the saved one
             self.hparams = json.loads(json.dumps(self.hparams))
         except TypeError as err:
             raise ValueError(f"hparams must be JSON-serialisable (numbers, strings, lists): {err}") from None
+        if not isinstance(self.hparams, dict):
+            raise ValueError(f"hparams must be a dict, got {type(self.hparams).__name__}")
+        ranks = {module: a.shape[1] for module, (a, _) in self.factors.items()}
+        if "rank" in self.hparams and any(r != self.hparams["rank"] for r in ranks.values()):
+            raise ValueError(f"hparams rank={self.hparams['rank']!r} but the factors have rank {ranks}; "
+                             "record the effective rank")
 
     @property
     def d_in(self) -> int:
@@ -160,15 +226,21 @@ class SparseEdit:
         if bad:
             raise ValueError(f"{spec.model_type} has no {bad} projection to edit; editable: {spec.editable}")
         _neuron_index(self.neurons, arch.d_ff(model), "neurons")
+        for module, (a, b) in self.factors.items():
+            if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+                raise ValueError(f"refusing to apply: factors[{module!r}] contain NaN or inf")
         if self.d_in != arch.d_model(model):
             raise ValueError(f"edit has d_in={self.d_in} but the model has d_model={arch.d_model(model)}")
         actual = fingerprint(model, self.layer)
         if actual != self.base_fingerprint:
             raise ValueError(
                 "refusing to apply: the model's fingerprint differs from the edit's base model "
-                f"({actual[:12]} != {self.base_fingerprint[:12]}). It is a different checkpoint or "
-                "dtype, or this layer is already edited/scaled; apply the edit to the unmodified "
-                "base model it was solved for (revert other edits first)")
+                f"({actual[:12]} != {self.base_fingerprint[:12]}). It is a different checkpoint "
+                "(the fingerprint ignores dtype and device), or this layer is already edited/scaled; "
+                "apply the edit to the unmodified base model it was solved for (revert other edits first)")
+        if self.layer in _ACTIVE.get(model, []):
+            raise ValueError(f"refusing to apply: layer {self.layer} of this model already has an applied "
+                             "edit or neuron scaling; revert it first")
 
     def apply(self, model: nn.Module) -> RowPatch:
         """Write W_S + dW into the model; returns a handle whose .revert() restores it exactly."""
@@ -197,42 +269,103 @@ class SparseEdit:
         total = sum(p.numel() for p in model.parameters())
         return self.neurons.numel() * self.d_in * len(self.modules) / total
 
-    def save(self, path: str | Path) -> None:
-        """Write the edit as safetensors (atomically), with its metadata; no pickle."""
+    def _tensors_and_metadata(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = {"neurons": self.neurons.contiguous()}
         for module, (a, b) in self.factors.items():
             tensors[f"{module}.A"] = a.detach().cpu().clone(memory_format=torch.contiguous_format)
             tensors[f"{module}.B"] = b.detach().cpu().clone(memory_format=torch.contiguous_format)
         metadata = {
-            "format": FORMAT, "mlsafe_version": mlsafe.__version__,
+            "format": FORMAT, "mlsafe_version": mlsafe.__version__, "fingerprint_scheme": FINGERPRINT_SCHEME,
             "base_fingerprint": self.base_fingerprint, "model_type": self.model_type,
             "layer": str(self.layer), "modules": json.dumps(list(self.modules)),
             "hparams": json.dumps(self.hparams, sort_keys=True),
         }
-        write_atomic(Path(path), st_save(tensors, metadata=metadata))
+        metadata["content_sha256"] = content_sha256(tensors, metadata)
+        return tensors, metadata
+
+    def to_bytes(self) -> bytes:
+        """The safetensors bytes of the edit: sorted header, so equal edits give equal bytes."""
+        return _canonical_safetensors(*self._tensors_and_metadata())
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write the edit as safetensors (atomically), with its metadata and content_sha256; no pickle.
+
+        An existing file at `path` is replaced only when it is an mlsafe edit (a rerun) or
+        `overwrite` is True: a model's weights are never clobbered by mistake.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    is_edit = (f.metadata() or {}).get("format") == FORMAT
+            except (SafetensorError, OSError):
+                is_edit = False
+            if not is_edit:
+                raise EditFileError(f"refusing to replace {path}: it exists and is not an mlsafe edit; "
+                                    "choose another path or pass overwrite=True")
+        write_atomic(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> "SparseEdit":
-        """Read an edit written by :meth:`save`; ValueError for a file that is not one."""
+        """Read an edit written by :meth:`save`; EditFileError (a ValueError) for a file that is not
+        one, or whose content does not match its content_sha256, or that is inconsistent."""
         path = Path(path)
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except SafetensorError as err:
-            raise ValueError(f"{path} is not a safetensors file ({err}); expected an edit "
-                             "written by SparseEdit.save") from None
+        except (SafetensorError, OSError) as err:
+            raise EditFileError(f"{path} is not a safetensors file ({err}); expected an edit "
+                                "written by SparseEdit.save") from None
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is a safetensors file but not an mlsafe edit "
-                             f"(metadata format={meta.get('format')!r}); write it with SparseEdit.save")
+            raise EditFileError(f"{path} is a safetensors file but not an mlsafe edit "
+                                f"(metadata format={meta.get('format')!r}); write it with SparseEdit.save")
+        corrupt = f"edit file {path} is corrupt"
+        if "content_sha256" not in meta:
+            raise EditFileError(f"{corrupt} or from an older mlsafe (no content_sha256); re-save or re-fit it")
+        if content_sha256(tensors, meta) != meta["content_sha256"]:
+            raise EditFileError(f"{corrupt}: its tensors or metadata do not match its content_sha256; "
+                                "re-save or re-fit it")
+        if meta.get("fingerprint_scheme") != FINGERPRINT_SCHEME:
+            raise EditFileError(f"{path} was fingerprinted by scheme {meta.get('fingerprint_scheme')!r}, this "
+                                f"mlsafe uses {FINGERPRINT_SCHEME!r}; re-fit the edit")
         try:
             modules = tuple(json.loads(meta["modules"]))
+            expected = {"neurons", *(f"{m}.{x}" for m in modules for x in "AB")}
+            if set(tensors) != expected:
+                raise ValueError(f"tensors {sorted(tensors)} do not match modules {list(modules)}")
+            if tensors["neurons"].dtype != torch.int64:
+                raise ValueError(f"neurons are {tensors['neurons'].dtype}, not int64")
             return cls(layer=int(meta["layer"]), modules=modules, neurons=tensors["neurons"],
                        factors={m: (tensors[f"{m}.A"], tensors[f"{m}.B"]) for m in modules},
                        hparams=json.loads(meta["hparams"]),
                        base_fingerprint=meta["base_fingerprint"], model_type=meta["model_type"])
-        except (KeyError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} is a damaged mlsafe edit (missing or bad {err}); re-save it") from None
+        except KeyError as err:
+            raise EditFileError(f"{corrupt} (missing {err}); re-save or re-fit it") from None
+        except (ValueError, TypeError) as err:
+            raise EditFileError(f"{corrupt} ({err}); re-save or re-fit it") from None
+
+
+def content_sha256(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """sha256 of an edit file's content: its metadata (all keys but content_sha256, as sorted-key
+    JSON) and, in name order, each tensor's name, dtype, shape and raw bytes."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in metadata.items() if k != "content_sha256"},
+                                  sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with the JSON header re-written with sorted keys (the library writes its
+    metadata map in arbitrary order, so identical edits would differ byte-wise)."""
+    raw = st_save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # keep the data 8-byte aligned
+    return len(header).to_bytes(8, "little") + header + raw[8 + n:]
 
 
 @contextmanager

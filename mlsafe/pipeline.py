@@ -1,10 +1,13 @@
 """`make reproduce`: load a model, measure the gap, fit the edit, measure again, write results.
 
-Writes, atomically, under ``results/<model>/<lang>/``:
-  summary.json            the common results file (shared/design.md)
+Writes under ``results/<model>/<lang>/`` (one staged folder swapped into place at the end,
+mlsafe.results.staged_run: old complete set or new complete set, never a mix):
+  summary.json            the common results file (shared/design.md), of the main seed
   responses_before.csv    per-prompt responses, judgments and margins before the edit
   responses_after.csv     the same with the edit applied
   edit.safetensors        the edit itself (SparseEdit.save), fingerprinted to the base model
+  *_seed<N>.*             the same files of every other seed in --seeds
+  diagnostics.json, lab_grid.json   the extras (reproduce(extras=True))
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from mlsafe import arch, neurons, transfer
 from mlsafe.langs import LANGS, parse_targets, target_key
 from mlsafe.models import LoadedModel, load_model
 from mlsafe.prompts import Prompt
-from mlsafe.results import results_dir, write_json
+from mlsafe.results import check_rerun, results_dir, staged_run, summary_blocks, write_json
 
 UtilityFn = Callable[[str, str], bool]
 
@@ -156,10 +159,13 @@ def load(model_spec: str, *, device: str = "cpu", seed: int = 0, data: str = "au
 
 def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", seed: int = 0, data: str = "auto",
              n_random: int = 3, out_dir: Path | None = None, progress: bool = True,
-             loaded: tuple[LoadedModel, Suite] | None = None, **overrides) -> dict:
+             loaded: tuple[LoadedModel, Suite] | None = None, tag: str | None = None, **overrides) -> dict:
     """Everything for one seed; returns the summary dict (and writes files when out_dir is given).
 
-    `loaded` is the (model, suite) pair of `load` when the caller already holds it.
+    `loaded` is the (model, suite) pair of `load` when the caller already holds it. `tag` is the
+    suffix of the file names (responses_before{tag}.csv, edit{tag}.safetensors); default ""
+    for seed 0 and "_seed<N>" otherwise. The summary's edit rank is the effective one (the
+    solver clamps the requested rank to min(rank, d_model, n_neurons)).
     """
     t_load = time.perf_counter()
     lm, suite = loaded or load(model_spec, device=device, seed=seed, data=data)
@@ -186,7 +192,8 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
 
     sets = report.neuron_sets[report.layer]
     edit_block = {
-        "layer": report.layer, "n_neurons": report.n_neurons, "rank": cfg.rank, "gamma": cfg.gamma,
+        "layer": report.layer, "n_neurons": report.n_neurons, "rank": edit.hparams["rank"],
+        "requested_rank": cfg.rank, "gamma": cfg.gamma,
         "lam": cfg.lam, "modules": list(cfg.modules), "position": cfg.position,
         "fraction_of_parameters": edit.fraction_of_parameters(lm.model),
         "solve_seconds": report.solve_seconds, "collect_seconds": report.collect_seconds,
@@ -215,7 +222,7 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
     }
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        tag = "" if seed == 0 else f"_seed{seed}"
+        tag = seed_tag(seed, 0) if tag is None else tag
         for name, res in (("before", before), ("after", after)):
             ev.write_per_prompt_csv(out_dir / f"responses_{name}{tag}.csv", suite.eval_harmful, res.responses,
                                     res.judgments, res.margins.tolist())
@@ -258,38 +265,59 @@ def seed_block(runs: list[dict]) -> dict:
     return out
 
 
+def seed_tag(seed: int, main_seed: int) -> str:
+    """File-name suffix of a seed's files: none for the main seed, "_seed<N>" for the others."""
+    return "" if seed == main_seed else f"_seed{seed}"
+
+
+def planned_files(seeds: Sequence[int], main_seed: int, extras: bool) -> set[str]:
+    """The files reproduce writes for these seeds (the rerun check compares them to the folder)."""
+    files = {"summary.json", *(["diagnostics.json", "lab_grid.json"] if extras else [])}
+    for s in seeds:
+        tag = seed_tag(s, main_seed)
+        files |= {f"responses_before{tag}.csv", f"responses_after{tag}.csv", f"edit{tag}.safetensors"}
+    return files
+
+
 def reproduce(lang: str, model: str = "organism", *, device: str = "cpu", seed: int = 0,
               seeds: Sequence[int] = (), data: str = "auto", progress: bool = True, extras: bool = True,
-              **overrides) -> Path:
+              force: bool = False, **overrides) -> Path:
     """The main job. The seed `seed` run is the summary; other `seeds` add a spread block.
 
     With `extras`, the safety-neuron diagnostics (diagnostics.json) and the lab's rank x
     sparsity grid (lab_grid.json) of the main seed are written beside summary.json.
+    Every file goes into a staged folder that replaces results/<model>/<lang>/ at the end
+    (mlsafe.results.staged_run); a concurrent run into the same folder stops at once, and a
+    rerun that would drop files or summary blocks of the earlier run (another --seed,
+    fewer --seeds, no extras) stops before loading the model unless `force`.
     """
     targets = parse_targets(lang)
     runs = {}
     out_dir = results_dir(model, target_key(targets))
-    for s in dict.fromkeys([seed, *seeds]):
-        print(f"[mlsafe] model={model} targets={','.join(targets)} seed={s} device={device}", flush=True)
-        t0 = time.perf_counter()
-        loaded = load(model, device=device, seed=s, data=data)
-        load_s = time.perf_counter() - t0
-        summary = run_seed(model, targets, device=device, seed=s, data=data, progress=progress,
-                           out_dir=out_dir, loaded=loaded, **overrides)
-        summary["timing"].update(load_seconds=load_s, run_seconds=time.perf_counter() - t0)
-        runs[s] = summary
-        if s == seed:
-            main_loaded = loaded  # the extras below reuse the main seed's model and suite
-    main = runs[seed]
-    if len(runs) > 1:
-        main["over_seeds"] = seed_block(list(runs.values()))
-    path = out_dir / "summary.json"
-    write_json(path, main)
-    if extras:
-        from mlsafe import diagnostics, lab
+    all_seeds = list(dict.fromkeys([seed, *seeds]))
+    with staged_run(out_dir, force=force) as stage:  # the lock: a concurrent run stops here
+        # every block of the earlier summary comes back except over_seeds of a single-seed run
+        blocks = summary_blocks(out_dir) - (set() if len(all_seeds) > 1 else {"over_seeds"})
+        check_rerun(out_dir, planned_files(all_seeds, seed, extras), blocks, force=force)
+        for s in all_seeds:
+            print(f"[mlsafe] model={model} targets={','.join(targets)} seed={s} device={device}", flush=True)
+            t0 = time.perf_counter()
+            loaded = load(model, device=device, seed=s, data=data)
+            load_s = time.perf_counter() - t0
+            summary = run_seed(model, targets, device=device, seed=s, data=data, progress=progress,
+                               out_dir=stage, loaded=loaded, tag=seed_tag(s, seed), **overrides)
+            summary["timing"].update(load_seconds=load_s, run_seconds=time.perf_counter() - t0)
+            runs[s] = summary
+            if s == seed:
+                main_loaded = loaded  # the extras below reuse the main seed's model and suite
+        main = runs[seed]
+        if len(runs) > 1:
+            main["over_seeds"] = seed_block(list(runs.values()))
+        write_json(stage / "summary.json", main)
+        if extras:
+            from mlsafe import diagnostics, lab
 
-        diagnostics.run(model, lang, device=device, seed=seed, data=data, out_dir=out_dir, loaded=main_loaded)
-        lab.precompute(model, lang, device=device, seed=seed, data=data, out_dir=out_dir, config=overrides,
-                       loaded=main_loaded)
-    return path
-
+            diagnostics.run(model, lang, device=device, seed=seed, data=data, out_dir=stage, loaded=main_loaded)
+            lab.precompute(model, lang, device=device, seed=seed, data=data, out_dir=stage, config=overrides,
+                           loaded=main_loaded)
+    return out_dir / "summary.json"

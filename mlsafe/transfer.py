@@ -296,8 +296,9 @@ def build_edit(model, layer: int, idx: torch.Tensor, st: _LayerStats, cfg: EditC
     for module in cfg.modules:
         a, b = solve_factors(edit_gram(model, layer, module, idx, st), cfg)
         factors[module] = (a.float(), b.float())
-    hparams = {"rank": cfg.rank, "gamma": cfg.gamma, "lam": cfg.lam, "position": cfg.position,
-               "solver": cfg.solver, "targets": list(cfg.targets),
+    ranks = {a.shape[1] for a, _ in factors.values()}  # solve_factors clamps to min(rank, d_in, m)
+    hparams = {"rank": max(ranks), "requested_rank": cfg.rank, "gamma": cfg.gamma, "lam": cfg.lam,
+               "position": cfg.position, "solver": cfg.solver, "targets": list(cfg.targets),
                "source": cfg.source, "tau_mag": cfg.tau_mag, "tau_stat": cfg.tau_stat, "seed": cfg.seed}
     return SparseEdit(layer=layer, modules=cfg.modules, neurons=idx, factors=factors, hparams=hparams,
                       base_fingerprint=fingerprint(model, layer), model_type=arch.get_arch(model).model_type)

@@ -199,10 +199,10 @@ def test_scaled_neurons_is_eq1_and_restores(model_type):
     _assert_identical(model, before)  # the layer-0 scaling was undone although layer 1 failed
 
 
-@pytest.mark.parametrize("n", [1, 5, 1024, 1025, 167_772_160, 2**31 + 7])
+@pytest.mark.parametrize("n", [1, 5, 65_536, 65_537, 167_772_160, 2**31 + 7])
 def test_fingerprint_samples_stay_inside_large_tensors(n):
-    from mlsafe.edit import sample_indices
+    from mlsafe.edit import _SAMPLES_PER_TENSOR, sample_indices
 
     idx = sample_indices(n)
-    assert idx.numel() == min(n, 1024) and int(idx[0]) == 0 and int(idx[-1]) == n - 1
+    assert idx.numel() == min(n, _SAMPLES_PER_TENSOR) and int(idx[0]) == 0 and int(idx[-1]) == n - 1
     assert bool((idx[1:] > idx[:-1]).all())

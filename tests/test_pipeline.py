@@ -22,9 +22,11 @@ def tiny_dir(tmp_path_factory):
 def test_reproduce_writes_the_common_schema(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(results, "RESULTS_ROOT", tmp_path)
     path = pipeline.reproduce("th", str(tiny_dir), seed=0, progress=False, extras=False)
-    assert path == tmp_path / "qwen2" / "th" / "summary.json"
+    # a local folder gets "<basename>-<8 hex of its resolved path>": two folders named qwen2 never collide
+    assert path == tmp_path / results.model_slug(str(tiny_dir)) / "th" / "summary.json"
+    assert path.parent.parent.name.startswith("qwen2-") and len(path.parent.parent.name) == len("qwen2-") + 8
     s = json.loads(path.read_text())
-    assert s["model"] == "qwen2" and s["target_langs"] == ["th"] and s["langs"] == list(LANGS)
+    assert s["model"] == path.parent.parent.name and s["target_langs"] == ["th"] and s["langs"] == list(LANGS)
     for block in ("asr", "utility", "margin"):
         assert set(s[block]) == {"before", "after"}
     for when in ("before", "after"):
@@ -89,7 +91,7 @@ def test_cli_ablate_writes_only_the_chosen_ablations(tiny_dir, tmp_path, monkeyp
     monkeypatch.setattr(results, "RESULTS_ROOT", tmp_path)
     assert main(["ablate", "--model", str(tiny_dir), "--lang", "th", "--only", "multi_layer",
                  "--max-layers", "2"]) == 0
-    df = pd.read_csv(tmp_path / "qwen2" / "th" / "ablations.csv")
+    df = pd.read_csv(tmp_path / results.model_slug(str(tiny_dir)) / "th" / "ablations.csv")
     assert set(df["ablation"]) == {"multi_layer"} and set(df["value"]) == {1, 2}
     assert set(df["lang"]) == set(LANGS)
 
@@ -106,5 +108,5 @@ def test_load_model_errors_name_the_fix(tmp_path):
 
 def test_tiny_folder_loads_as_a_test_model(tiny_dir):
     lm = models.load_model(str(tiny_dir))
-    assert lm.kind == "tiny" and lm.name == "qwen2"
+    assert lm.kind == "tiny" and lm.name == results.model_slug(str(tiny_dir)) and lm.name.startswith("qwen2-")
     assert not lm.model.training

@@ -11,22 +11,24 @@ EXAMPLE = "mlsafe ablate --lang th --model gemma-270m --only multi_layer"
 def add_arguments(p):
     add_run_args(p)
     p.add_argument("--only", nargs="+", default=None, help="ablation names (default: all)")
-    p.add_argument("--max-layers", type=int, default=3, help="most layers of the multi_layer ablation (default: 3)")
+    p.add_argument("--max-layers", default="3", help="most layers of the multi_layer ablation (default: 3)")
 
 
 def run(args) -> int:
     from mlsafe.ablations import ABLATIONS, run_ablations
+    from mlsafe.commands.reproduce import _int, check_run_args
     from mlsafe.errors import UserError
-    from mlsafe.langs import parse_targets, target_key
     from mlsafe.pipeline import load
-    from mlsafe.results import results_dir
+    from mlsafe.results import run_lock
 
     only = args.only or list(ABLATIONS)
     bad = [a for a in only if a not in ABLATIONS]
     if bad:
         raise UserError(f"unknown ablation(s) {bad}; choose from {list(ABLATIONS)}")
-    lm, suite = load(args.model, device=args.device, seed=args.seed, data=args.data)
-    out = results_dir(lm.name, target_key(parse_targets(args.lang)))
-    df = run_ablations(lm, suite, args.lang, args.seed, out, ablations=only, max_layers=args.max_layers)
+    max_layers = _int(args.max_layers, "--max-layers", 1)
+    out = check_run_args(args)  # the same folder as reproduce's (keyed by --model, not the loaded name)
+    with run_lock(out):  # not while a reproduce run swaps this folder
+        lm, suite = load(args.model, device=args.device, seed=args.seed, data=args.data)
+        df = run_ablations(lm, suite, args.lang, args.seed, out, ablations=only, max_layers=max_layers)
     print(f"[mlsafe] wrote {out / 'ablations.csv'} ({len(df)} rows)")
     return 0

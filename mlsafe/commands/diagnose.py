@@ -17,8 +17,16 @@ def add_arguments(p):
 
 def run(args) -> int:
     from mlsafe import diagnostics
+    from mlsafe.commands.reproduce import check_run_args
+    from mlsafe.errors import UserError
+    from mlsafe.results import run_lock
 
-    path = diagnostics.run(args.model, args.lang, device=args.device, seed=args.seed, data=args.data,
-                           with_asr=not args.margins_only)
+    out = check_run_args(args)
+    if not (out / "summary.json").is_file():
+        raise UserError(f"{out / 'summary.json'} not found: run `mlsafe reproduce` with the same "
+                        "--model and --lang first")
+    with run_lock(out):  # not while a reproduce run swaps this folder
+        path = diagnostics.run(args.model, args.lang, device=args.device, seed=args.seed, data=args.data,
+                               with_asr=not args.margins_only, out_dir=out)
     print(f"[mlsafe] wrote {path}")
     return 0

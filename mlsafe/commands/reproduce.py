@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from mlsafe.commands import add_run_args
 
 HELP = "measure the gap, fit the edit, measure again, write results/"
@@ -11,21 +13,68 @@ EXAMPLE = "mlsafe reproduce --lang th --model organism"
 def add_arguments(p):
     add_run_args(p)
     p.add_argument("--seeds", type=int, nargs="*", default=[], help="extra seeds for the spread block")
-    p.add_argument("--layer", default=None, help="edit layer (default: chosen on validation anchors)")
-    p.add_argument("--rank", type=int, default=None)
+    p.add_argument("--layer", default=None, help="edit layer: auto or a layer index (default: chosen on "
+                                                 "validation anchors)")
+    p.add_argument("--rank", default=None, help="rank of the edit, a positive integer (clamped to "
+                                                "min(rank, d_model, n_neurons); the summary records the "
+                                                "effective rank)")
     p.add_argument("--no-extras", action="store_true",
                    help="skip the safety-neuron diagnostics and the lab grid (slow on CPU for real models)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier run's folder even if this run drops some of its files or blocks")
+
+
+def _int(value: str, what: str, minimum: int) -> int:
+    from mlsafe.errors import UserError
+
+    if not re.fullmatch(r"[+-]?\d+", str(value).strip()) or int(value) < minimum:
+        raise UserError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_device(device: str) -> None:
+    """UserError unless `device` is cpu, or cuda / cuda:N with N below the CUDA devices torch sees."""
+    import torch
+
+    from mlsafe.errors import UserError
+
+    if device == "cpu":
+        return
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if m is None:
+        raise UserError(f"unknown --device {device!r}; use cpu, cuda or cuda:N")
+    n = torch.cuda.device_count()
+    if n == 0:
+        raise UserError(f"--device {device}: torch sees no CUDA device; use --device cpu")
+    if m.group(1) is not None and int(m.group(1)) >= n:
+        raise UserError(f"--device {device}: torch sees {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+
+
+def check_run_args(args):
+    """Validate the shared run options before any model is loaded (UserError, one line); returns
+    the results folder results/<model>/<lang> (checked to be creatable and writable)."""
+    from mlsafe.langs import parse_targets, target_key
+    from mlsafe.results import check_writable, results_dir
+
+    _int(args.seed, "--seed", 0)
+    for s in getattr(args, "seeds", None) or []:
+        _int(s, "--seeds", 0)
+    check_device(args.device)
+    out_dir = results_dir(args.model, target_key(parse_targets(args.lang)))
+    check_writable(out_dir)
+    return out_dir
 
 
 def run(args) -> int:
     from mlsafe.pipeline import reproduce
 
+    check_run_args(args)
     overrides = {}
     if args.layer is not None:
-        overrides["layer"] = args.layer if args.layer == "auto" else int(args.layer)
+        overrides["layer"] = "auto" if args.layer == "auto" else _int(args.layer, "--layer (auto or an index)", 0)
     if args.rank is not None:
-        overrides["rank"] = args.rank
+        overrides["rank"] = _int(args.rank, "--rank", 1)
     path = reproduce(args.lang, args.model, device=args.device, seed=args.seed, seeds=args.seeds,
-                     data=args.data, extras=not args.no_extras, **overrides)
+                     data=args.data, extras=not args.no_extras, force=args.force, **overrides)
     print(f"[mlsafe] wrote {path}")
     return 0
