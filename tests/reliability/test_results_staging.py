@@ -146,3 +146,25 @@ def test_results_path_must_be_writable(tmp_path):
             results.check_writable(locked / "m" / "th")
     finally:
         locked.chmod(0o700)
+
+
+def test_the_swap_without_renameat2_and_a_crash_between_its_renames(tmp_path, monkeypatch):
+    """Where RENAME_EXCHANGE is unsupported the swap is two renames; a crash between them (the old
+    set moved aside, no folder in place) is undone by the next run before it starts."""
+    out = tmp_path / "m" / "th"
+    _fill(out, 0)
+    old = _contents(out)
+    monkeypatch.setattr(results, "_exchange", lambda a, b: False)
+    with staged_run(out) as stage:
+        _fill(stage, 1)
+    assert json.loads((out / "summary.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in out.parent.iterdir()) == [".th.lock", "th"]
+    crashed = out.parent / ".th.old-4242"
+    out.rename(crashed)                                   # the state a SIGKILL between the renames leaves
+    (out.parent / ".th.staging-4242").mkdir()
+    with pytest.raises(RuntimeError, match="abort"):
+        with staged_run(out):
+            assert json.loads((out / "summary.json").read_text())["seed"] == 1   # restored first
+            raise RuntimeError("abort")
+    assert sorted(p.name for p in out.parent.iterdir()) == [".th.lock", "th"]
+    assert _contents(out) != old and json.loads((out / "summary.json").read_text())["seed"] == 1
