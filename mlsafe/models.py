@@ -1,22 +1,19 @@
-"""Load a model by the name `make reproduce MODEL=...` takes.
+"""Load a model by the name `make reproduce MODEL=...` takes, through mlsafe.backends.
 
-- ``organism``: the project's own CPU model organism (trained or loaded from cache), safety
-  aligned sparsely (planted safety neurons); ``organism-dense``: the same, aligned densely;
-- ``gemma-270m``: the PyPI-packaged Gemma-3-270m, safety-tuned in English only;
+- a registered backend name (mlsafe.backends.BACKENDS): ``organism``, ``organism-dense``,
+  ``gemma-270m``, ``qwen2.5-coder-0.5b``, ``qwen2.5-coder-1.5b``;
 - anything else: a local folder or a hub id, loaded with ``transformers``
   (``device_map="auto"`` on CUDA so a large model spreads over GPUs, bf16 where the
-  device supports it, ``trust_remote_code`` off).
+  device supports it, ``trust_remote_code`` off); kind "tiny" for a folder built by
+  mlsafe.tiny, "hub" otherwise.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-BUILTIN = ("organism", "organism-dense", "gemma-270m")
 
 
 @dataclass
@@ -24,13 +21,9 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     name: str          # what results/<name>/ is called
-    kind: str          # "organism", "gemma-270m", "tiny" (a random test model) or "hub"
+    kind: str          # "organism", "gemma-270m", "packaged", "tiny" (a random test model) or "hub"
     path: str | None = None
-
-
-def _tiny_marker(path: Path) -> dict | None:
-    marker = path / "mlsafe_tiny.json"
-    return json.loads(marker.read_text()) if marker.is_file() else None
+    backend: str | None = None   # the registered backend it was loaded through (mlsafe.backends)
 
 
 def resolve_device(device: str) -> str:
@@ -43,23 +36,17 @@ def resolve_device(device: str) -> str:
 
 def load_model(spec: str, device: str = "cpu", *, seed: int = 0) -> LoadedModel:
     """Load `spec` (see module docstring) on `device`, in eval mode."""
+    from mlsafe.backends import backend_for
+
     device = resolve_device(device)
-    if spec in ("organism", "organism-dense"):
-        from mlsafe.organism import load_or_train
-
-        model, tok = load_or_train(seed=seed, variant="dense" if spec.endswith("dense") else "sparse")
-        return LoadedModel(model.to(device).eval(), tok, spec, "organism")
-    if spec == "gemma-270m":
-        from mlsafe.gemma import load_or_tune
-
-        model, tok = load_or_tune(seed=seed)
-        return LoadedModel(model.to(device).eval(), tok, "gemma-270m", "gemma-270m")
-    return _load_transformers(spec, device)
+    return backend_for(spec).load(seed, device)
 
 
-def _load_transformers(spec: str, device: str) -> LoadedModel:
+def load_transformers(spec: str, device: str, kind: str = "hub") -> LoadedModel:
+    """A local folder or hub id `spec` through transformers; `kind` goes into the result."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mlsafe.backends import BACKENDS
     from mlsafe.results import model_slug
 
     path = Path(spec)
@@ -67,7 +54,7 @@ def _load_transformers(spec: str, device: str) -> LoadedModel:
     if not local and (spec.startswith((".", "/", "~")) or spec.count("/") != 1):
         raise FileNotFoundError(
             f"MODEL={spec!r} is neither an existing folder nor a hub id of the form owner/name; "
-            f"built-in names are {', '.join(BUILTIN)}"
+            f"built-in names are {', '.join(BACKENDS)}"
         )
     kwargs: dict = {"trust_remote_code": False}
     if device.startswith("cuda"):
@@ -85,5 +72,4 @@ def _load_transformers(spec: str, device: str) -> LoadedModel:
         ) from err
     if not device.startswith("cuda"):
         model = model.to(device)
-    kind = "tiny" if local and _tiny_marker(path) else "hub"
     return LoadedModel(model.eval(), tok, model_slug(spec), kind, str(path) if local else None)

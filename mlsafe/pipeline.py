@@ -17,7 +17,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -28,54 +28,7 @@ from mlsafe.langs import LANGS, parse_targets, target_key
 from mlsafe.models import LoadedModel, load_model
 from mlsafe.prompts import Prompt
 from mlsafe.results import check_rerun, results_dir, staged_run, summary_blocks, write_json
-
-UtilityFn = Callable[[str, str], bool]
-
-
-@dataclass
-class Suite:
-    """Everything a model needs to be evaluated and edited: data, judge and margin strings."""
-
-    name: str
-    anchors_harmful: list[Prompt]
-    anchors_harmless: list[Prompt]
-    eval_harmful: list[Prompt]
-    eval_harmless: list[Prompt]
-    judge: ev.Judge
-    refusal_starts: dict[str, list[str]]
-    comply_starts: dict[str, list[str]]
-    correct: UtilityFn                      # correct(response, answer) for harmless tasks
-    max_new_tokens: int = 16
-    edit_defaults: dict | None = None       # EditConfig overrides that suit this model
-    planted: dict | None = None             # the organism's planted safety neurons
-
-
-def organism_suite(seed: int, lm: LoadedModel) -> Suite:
-    from mlsafe import organism
-
-    c = organism.build_corpus(seed=seed)
-    starts = lambda table: {lang: [word] for lang, word in table.items()}  # noqa: E731
-    planted = getattr(lm.model.config, "mlsafe_planted", None)  # {"variant", "layer", "neurons", ...}
-    return Suite("organism-corpus", c.anchors_harmful, c.anchors_harmless, c.eval_harmful, c.eval_harmless,
-                 ev.RefusalPhraseJudge(phrases={}, extra_check=organism.is_refusal),
-                 starts(organism.REFUSAL_STARTS), starts(organism.COMPLY_STARTS),
-                 organism.answer_correct, max_new_tokens=12, planted=planted,
-                 edit_defaults=getattr(organism, "EDIT_DEFAULTS", None))
-
-
-def make_suite(lm: LoadedModel, data: str, seed: int, device: str) -> Suite:
-    """The data, judge and margin strings for a model (DATA=auto picks by model kind)."""
-    if lm.kind == "organism":
-        return organism_suite(seed, lm)
-    if lm.kind == "gemma-270m":
-        from mlsafe.gemma import suite as gemma_suite
-
-        return gemma_suite(seed)
-    from mlsafe.data import real_suite
-
-    if data == "auto":
-        data = "fixtures" if lm.kind == "tiny" else "hub"
-    return real_suite(data, device=device, seed=seed)
+from mlsafe.suites import Suite, make_suite, organism_suite  # noqa: F401  (moved there; importable here)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -35,7 +35,7 @@ def real_suite(data: str = "hub", *, device: str = "cpu", seed: int = 0, judge: 
     to reason), 16 on fixtures.
     """
     from mlsafe.evaluate import DEFAULT_COMPLY_STARTS, DEFAULT_REFUSAL_STARTS, mgsm_correct
-    from mlsafe.pipeline import Suite
+    from mlsafe.suites import Suite
 
     source = None if data == "hub" else data
     test = load_multi_strongreject(source=source)

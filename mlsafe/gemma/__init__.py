@@ -13,12 +13,12 @@ __all__ = ["load_gemma", "load_or_tune", "suite", "is_refusal", "REFUSAL_STARTS"
 
 
 def suite(seed: int = 0):
-    """mlsafe.pipeline.Suite for the tuned Gemma: anchor and held-out splits of mlsafe.gemma.data,
+    """mlsafe.suites.Suite for the tuned Gemma: anchor and held-out splits of mlsafe.gemma.data,
     a judge that applies this model's refusal format (is_refusal), exact-match utility."""
     from mlsafe import evaluate as ev
     from mlsafe.evaluate.utility import exact_match
     from mlsafe.gemma.data import build_split
-    from mlsafe.pipeline import Suite
+    from mlsafe.suites import Suite
 
     anchor, held = build_split("anchor", seed=seed), build_split("eval", seed=seed)
     return Suite("gemma-prompts",

