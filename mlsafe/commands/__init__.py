@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "edit": "mlsafe.commands.edit",
     "apply": "mlsafe.commands.apply",
     "audit": "mlsafe.commands.audit",
+    "judge": "mlsafe.commands.judge",
 }
 
 
