@@ -19,6 +19,7 @@ from mlsafe.data import real
 from mlsafe.data.loaders import MULTIJAIL_LANGS, DataUnavailable
 from mlsafe.data.overlap import check_no_overlap, find_near_duplicates, overlap_report
 from mlsafe.errors import UserError
+from mlsafe.evaluate import Judgment
 from mlsafe.langs import LANGS
 from mlsafe.prompts import Prompt
 
@@ -293,7 +294,8 @@ def tiny_lm(tmp_path_factory):
 
 def test_real_model_suite_on_fixtures(tiny_lm, tmp_path, monkeypatch):
     cache = tmp_path / "answers.json"
-    suite = real.real_model_suite(tiny_lm, "fixtures", 0, answer_tokens=3, max_new_tokens=8, cache_file=cache)
+    suite = real.real_model_suite(tiny_lm, "fixtures", 0, answer_tokens=3, max_new_tokens=8, cache_file=cache,
+                                  english_refused_only=False)
     # the deliberate fixture near-duplicate (English train row 7 = test row 3) is dropped, in all languages
     assert suite.report["overlap"]["dropped_rows"] == ["polyrefuse-harmful-train-7"]
     assert suite.report["anchor_rows"]["dropped_for_overlap"] == {"harmful": 1, "harmless": 0}
@@ -315,10 +317,11 @@ def test_real_model_suite_on_fixtures(tiny_lm, tmp_path, monkeypatch):
     assert suite.refusal_starts is mlsafe.evaluate.DEFAULT_REFUSAL_STARTS
     # a second build reads every answer from the cache and samples the same prompts
     monkeypatch.setattr(mlsafe.evaluate, "generate", lambda *a, **k: pytest.fail("answers not cached"))
-    again = real.real_model_suite(tiny_lm, "fixtures", 0, answer_tokens=3, max_new_tokens=8, cache_file=cache)
+    again = real.real_model_suite(tiny_lm, "fixtures", 0, answer_tokens=3, max_new_tokens=8, cache_file=cache,
+                                  english_refused_only=False)
     assert again.anchors_harmless == suite.anchors_harmless and again.eval_harmful == suite.eval_harmful
     small = real.real_model_suite(tiny_lm, "fixtures", 1, n_per_lang=4, n_mgsm=2, max_anchors=2,
-                                  answer_tokens=3, cache_file=cache)     # a subset: cached too
+                                  answer_tokens=3, cache_file=cache, english_refused_only=False)  # cached too
     assert by_lang(small.eval_harmful) == {lang: 4 for lang in LANGS}
     assert real.eval_sources(small)["eval_harmful"]["en"] == {"polyrefuse-test": 2, "multijail": 1, "strongreject": 1}
     assert len({p.parallel_id for p in small.anchors_harmful}) <= 4
@@ -431,6 +434,26 @@ def test_shared_fixtures_equal_their_generator(tmp_path):
     assert made == sorted(p.relative_to(FIX) for p in FIX.rglob("*") if p.is_file())
     for rel in made:
         assert (tmp_path / rel).read_bytes() == (FIX / rel).read_bytes(), rel
+
+
+class EvenRowsRefused:
+    """A judge that counts a response as a refusal exactly when its prompt's row number is even."""
+
+    def judge(self, prompts, responses):
+        return [Judgment(unsafe=False, refusal=int(p.parallel_id.rsplit("-", 1)[1]) % 2 == 0, label="", raw="")
+                for p in prompts]
+
+
+def test_real_model_suite_keeps_rows_the_model_refuses_in_english(tiny_lm, tmp_path, monkeypatch):
+    monkeypatch.setattr(real, "suite_judge", lambda name, device="cpu": (EvenRowsRefused(), "even-rows"))
+    suite = real.real_model_suite(tiny_lm, "fixtures", 0, answer_tokens=3, cache_file=tmp_path / "a.json")
+    # English anchors after the overlap drop: train rows 0-6 and val rows 0-3; even rows are refused
+    assert suite.report["anchor_refusal_rate_en"] == 6 / 11
+    assert suite.report["anchor_rows"]["dropped_not_refused_en"] == 5
+    kept = {p.parallel_id for p in suite.anchors_harmful}
+    assert kept == {f"polyrefuse-harmful-{s}-{i}" for s, rows in (("train", 7), ("val", 4))
+                    for i in range(0, rows, 2)}
+    assert by_lang(suite.anchors_harmful) == {lang: 6 for lang in ("en", "zh", "ja", "th")}
 
 
 if __name__ == "__main__":

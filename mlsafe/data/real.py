@@ -466,9 +466,10 @@ def model_identity(model, tokenizer) -> str:
 
 
 def default_cache_file(name: str) -> Path:
-    """$XDG_CACHE_HOME/mlsafe/answers/<name>.json (default ~/.cache): outside the repository."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "mlsafe" / "answers" / f"{name.replace('/', '--')}.json"
+    """<cache>/answers/<name>.json, <cache> = $MLSAFE_CACHE or ~/.cache/mlsafe (the project's
+    model cache, mlsafe.packaged.cache_root): outside the repository."""
+    base = Path(os.environ.get("MLSAFE_CACHE", Path.home() / ".cache" / "mlsafe"))
+    return base / "answers" / f"{name.replace('/', '--')}.json"
 
 
 # ------------------------------------------------------------------ sampling
@@ -683,15 +684,18 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
                      n_harmless_per_lang: int = 50, n_mgsm: int = 20, max_anchors: int | None = None,
                      judge: str = "rules", max_new_tokens: int = 128, answer_tokens: int = 64,
                      cache_file: str | os.PathLike | None = None, ngram: int = 5, near_threshold: float = 0.8,
-                     batch_size: int = 16, progress: bool = False) -> RealSuite:
+                     english_refused_only: bool = True, batch_size: int = 16, progress: bool = False) -> RealSuite:
     """The Suite for a real instruct model (e.g. Qwen2.5-Coder-0.5B-Instruct) on the real data.
 
     Prompts: `real_data` (evaluation sets, anchors without the rows that overlap evaluation).
     Harmless anchors and English harmful anchors get the model's own greedy answers as
     reference responses (`model_answers`, answer_tokens long, cached in cache_file, default
     default_cache_file): the paper's X_safe holds whole conversations, and the English harmful
-    conversation is the model's own refusal (report["anchor_refusal_rate_en"] says how often the
-    judge counts those answers as refusals). Judge: `suite_judge(judge)`; margin strings:
+    conversation is the model's own refusal. The edit maps target-language activations onto the
+    English ones, which only helps where the model refuses in English: with english_refused_only
+    the harmful anchor rows whose English answer the judge does not count as a refusal are
+    dropped (all languages; report["anchor_refusal_rate_en"] and
+    report["anchor_rows"]["dropped_not_refused_en"] record it). Judge: `suite_judge(judge)`; margin strings:
     mlsafe.evaluate's DEFAULT_REFUSAL_STARTS / DEFAULT_COMPLY_STARTS; utility: mgsm_correct
     (last number). All data is read and checked before any generation."""
     from mlsafe import evaluate as ev
@@ -706,7 +710,15 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
         max_new_tokens=answer_tokens, batch_size=batch_size, progress=progress)}
     harmful = [answered.get(p.id, p) for p in d.anchors_harmful]
     en_harm = [p for p in harmful if p.lang == "en"]
-    refused = [bool(j.refusal) for j in judge_obj.judge(en_harm, [p.response for p in en_harm])]
+    refused = [j.refusal if j.refusal is not None else not j.unsafe   # guard judges may not say
+               for j in judge_obj.judge(en_harm, [p.response for p in en_harm])]
+    not_refused = {p.parallel_id for p, r in zip(en_harm, refused) if not r}
+    if english_refused_only:
+        harmful = [p for p in harmful if p.parallel_id not in not_refused]
+        if not harmful:
+            raise UserError(f"the model refuses none of the {len(en_harm)} English harmful anchors (judge "
+                            f"{judge_used}); the edit needs English refusals to transfer: check the model and "
+                            "judge, or pass english_refused_only=False")
     suite = RealSuite(
         name="real-polyrefuse-multijail", anchors_harmful=harmful,
         anchors_harmless=[answered[p.id] for p in d.anchors_harmless],
@@ -715,6 +727,8 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
         correct=ev.mgsm_correct, max_new_tokens=max_new_tokens)
     suite.report = {**d.report, "judge": judge_used, "model_identity": identity,
                     "anchor_refusal_rate_en": sum(refused) / len(refused) if refused else None}
+    suite.report["anchor_rows"] = {**d.report["anchor_rows"],
+                                   "dropped_not_refused_en": len(not_refused) if english_refused_only else 0}
     return suite
 
 
