@@ -417,7 +417,8 @@ def collect_fused(model: nn.Module, tokenizer, texts: Sequence[str], layers: Ite
                       y = row of text b (as ``collect_paired``); names in `with_yty` also keep Y^T Y.
     A text may sit in several groups (e.g. an English prompt in the neuron moments and as
     the source side of its translations' pairs). Batches keep each pair's texts together
-    (`_units`), so memory is bounded by the batch, not the number of texts; results equal
+    (`_units`; a group bigger than `batch_size` is one batch of its own), so memory is
+    bounded by the batch, not the number of texts; results equal
     the separate collectors' up to float64 round-off (and the model's own batch-padding
     round-off). Returns ``{layer: {name: Moments | Gram}}``.
     """

@@ -280,7 +280,8 @@ def _cholesky(g: EditGram, gamma: float, lam: float) -> Tensor:
         raise ValueError(f"shape mismatch: xtx_low {tuple(g.xtx_low.shape)}, xtx_safe "
                          f"{tuple(g.xtx_safe.shape)} must both be [d_in, d_in] = [{d}, {d}]")
     q = g.xtx_low + gamma * g.xtx_safe
-    q = 0.5 * (q + q.T) + lam * torch.eye(d, dtype=_F64, device=q.device)
+    q = q + q.T                      # symmetrised: 0.5 (q + q^T) + lam I, with no d x d identity built
+    q.mul_(0.5).diagonal().add_(lam)
     chol, info = torch.linalg.cholesky_ex(q)
     # numerically singular Q can still factor with round-off pivots: treat those as failures too
     tiny = d * torch.finfo(_F64).eps * q.diagonal().abs().max()

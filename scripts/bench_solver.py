@@ -1,10 +1,17 @@
-"""Benchmark of the Theorem 4.1 solver (`make bench`).
+"""Benchmark of the Theorem 4.1 solver and of the fit's statistics pass (`make bench`).
 
 Prints, for real-model shapes (d_model, m, r) and the organism-sized one:
-  * solve_from_gram time (median of --runs) with 1 torch thread and with all cores;
+  * solve_from_gram time (median of --runs) with 1 torch thread and with all cores, and its
+    floor: one float64 Cholesky of Q [d, d] plus one triangular solve with m right-hand
+    sides, measured in the same run with the same threads (goal: solve <= 3x floor);
   * the time to build the Gram matrices (EditGram) from N = --rows anchor rows;
-and the ratio of edit time (Gram + solve) to the forward passes that collect its statistics,
-measured on a tiny randomly initialised Llama built from a local LlamaConfig (no downloads).
+the ratio of edit time (Gram + solve) to the forward passes that collect its statistics,
+measured on a tiny randomly initialised Llama built from a local LlamaConfig (no downloads);
+and `fit_vs_forward`: transfer.fit's statistics and layer-selection time over one plain
+forward pass of the same anchor prompts (goal: <= 1.5 with selection), for each
+stats_pass / layer_selection setting, on a tiny chat model (mlsafe.tiny) or, with
+--model SPEC, on a loaded model with its suite (e.g. organism, qwen2.5-coder-0.5b), plus the
+process's peak RSS.
 `edit_vs_forward(model, input_ids, layer=..., m=..., rank=...)` is importable for any model
 whose blocks live at model.model.layers[i].mlp (Llama, Qwen2, Gemma).
 Inputs are random: timings depend on the shapes only, not on the values.
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -52,6 +60,23 @@ def bench_shape(d: int, m: int, rank: int, *, rows: int, runs: int, threads: int
     solve_s = median_seconds(lambda: solver.solve_from_gram(g, rank=rank, gamma=GAMMA, lam=LAM), runs)
     return {"d_model": d, "m": m, "rank": rank, "threads": threads, "rows": rows,
             "gram_seconds": gram_s, "solve_seconds": solve_s}
+
+
+def solve_vs_floor(d: int, m: int, rank: int, *, rows: int, runs: int, threads: int) -> dict:
+    """Median solve_from_gram time and its floor (Cholesky of Q + one triangular solve with m
+    right-hand sides), same data, same threads."""
+    res = bench_shape(d, m, rank, rows=rows, runs=runs, threads=threads)
+    x_low, d_gap, x_safe = random_rows(rows, d, m)
+    g = solver.build_gram(x_low, d_gap, x_safe)
+    q = g.xtx_low + GAMMA * g.xtx_safe + LAM * torch.eye(d, dtype=torch.float64)
+
+    def floor():
+        chol = torch.linalg.cholesky(q)
+        torch.linalg.solve_triangular(chol, g.xtd, upper=False)
+
+    res["floor_seconds"] = median_seconds(floor, runs)
+    res["solve_over_floor"] = res["solve_seconds"] / res["floor_seconds"]
+    return res
 
 
 def tiny_llama(d_model: int = 256, d_ff: int = 688, layers: int = 4, vocab: int = 1000, seed: int = 0):
@@ -99,6 +124,92 @@ def edit_vs_forward(model, input_ids: torch.Tensor, *, layer: int, m: int, rank:
             "solve_seconds": solve_s, "edit_over_forward": (gram_s + solve_s) / forward_s}
 
 
+def synthetic_anchors(n_topics: int, langs=("en", "th", "bn")):
+    """Parallel abstract anchors (placeholder words, no real requests): harmful ones share a
+    marker phrase and carry an English refusal, harmless ones another with an answer."""
+    from mlsafe.prompts import Prompt
+
+    harmful, harmless = [], []
+    for i in range(n_topics):
+        for lang in langs:
+            harmful.append(Prompt(f"h{i}-{lang}", lang, f"[{lang}] forbidden request topic{i} now", True,
+                                  f"h{i}", response="sorry no" if lang == "en" else None))
+            harmless.append(Prompt(f"s{i}-{lang}", lang, f"[{lang}] kind question topic{i} please", False,
+                                   f"s{i}", answer=str(i), response=f"answer {i}"))
+    return harmful, harmless
+
+
+def token_margin(tok, word: str = "sorry"):
+    """A stand-in refusal margin for the tiny model: log-prob of `word`'s first token."""
+    from mlsafe import probe, transfer
+
+    first = tok.encode(word, add_special_tokens=False)[0]
+
+    def margin(model, prompts):
+        enc = probe.encode_batch(tok, transfer.chat_texts(tok, prompts))
+        with torch.no_grad():
+            logits = model(**enc).logits[:, -1].double()
+        return torch.log_softmax(logits, -1)[:, first]
+    return margin
+
+
+@torch.no_grad()
+def plain_forward_seconds(model, tok, anchors, cfg) -> float:
+    """One forward pass (no hooks, full depth) over every text the fit's statistics read once:
+    fit harmful and harmless prompts, their conversations, and the validation pairs."""
+    from mlsafe import probe, transfer
+
+    src_harm = [p for p in anchors.fit_harmful if p.lang == cfg.source]
+    val = [p for p in anchors.val_harmful if p.lang in (cfg.source, *cfg.targets)]
+    texts = (transfer.chat_texts(tok, [p for p in anchors.fit_harmful if p.lang in (cfg.source, *cfg.targets)])
+             + transfer.chat_texts(tok, [p for p in anchors.fit_harmless if p.lang == cfg.source])
+             + transfer.chat_texts(tok, anchors.fit_harmless + src_harm, with_response=True)
+             + transfer.chat_texts(tok, val))
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), cfg.batch_size):
+        model(**probe.encode_batch(tok, texts[i:i + cfg.batch_size], device), use_cache=False)
+    return time.perf_counter() - t0
+
+
+def fit_vs_forward(model, tok, harmful, harmless, cfg, margin, *, title: str = "") -> list[dict]:
+    """transfer.fit under each (stats_pass, layer_selection): chosen layer, its margin score,
+    stage seconds, and (statistics [+ selection]) / one plain forward pass over the anchors;
+    prints a table row as each fit ends."""
+    import dataclasses
+
+    from mlsafe import transfer
+
+    anchors = transfer.split_anchors(harmful, harmless, cfg.val_fraction, cfg.seed)
+    forward_s = plain_forward_seconds(model, tok, anchors, cfg)
+    print(f"\n{title}: plain forward over the anchors {forward_s:.2f} s")
+    print(f"{'stats_pass':>10} {'selection':>10} {'layer':>5} {'score':>9} {'stats_s':>8} {'select_s':>8} "
+          f"{'fit_s':>7} {'stats/fwd':>9} {'+select/fwd':>11}")
+    out = []
+    for stats_pass, selection in (("separate", "margins"), ("fused", "margins"), ("fused", "predicted")):
+        c = dataclasses.replace(cfg, stats_pass=stats_pass, layer_selection=selection)
+        t0 = time.perf_counter()
+        edit, report = transfer.fit(model, tok, harmful, harmless, c, margin=margin)
+        total = time.perf_counter() - t0
+        chosen = next(r for r in report.candidates if r["layer"] == report.layer)
+        st = report.stage_seconds
+        out.append({"stats_pass": stats_pass, "layer_selection": selection, "layer": report.layer,
+                    "score": chosen["score"], "candidates": report.candidates, "stage_seconds": st,
+                    "fit_seconds": total, "forward_seconds": forward_s,
+                    "statistics_over_forward": st["statistics"] / forward_s,
+                    "with_selection_over_forward": (st["statistics"] + st["predict"] + st["margins"]) / forward_s})
+        f = out[-1]
+        print(f"{stats_pass:>10} {selection:>10} {f['layer']:>5} {f['score']:>9.4f} {st['statistics']:>8.2f} "
+              f"{st['predict'] + st['margins']:>8.2f} {total:>7.2f} {f['statistics_over_forward']:>9.2f} "
+              f"{f['with_selection_over_forward']:>11.2f}", flush=True)
+    return out
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="solve repetitions per shape (median)")
@@ -106,31 +217,60 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="organism shape only, one thread")
     ap.add_argument("--prompts", type=int, default=512, help="prompts for the forward-pass ratio")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    ap.add_argument("--model", help="also time the fit on this model spec with its suite (e.g. organism)")
+    ap.add_argument("--targets", default="th", help="target languages for --model, comma-separated")
+    ap.add_argument("--skip-solver", action="store_true", help="only the fit-vs-forward part")
     args = ap.parse_args(argv)
 
     shapes = SHAPES[-1:] if args.quick else SHAPES
     thread_opts = [1] if args.quick else sorted({1, os.cpu_count() or 1})
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, float64 solve, "
-          f"gamma={GAMMA}, lam={LAM}, Gram from N={args.rows} rows")
-    print(f"{'d_model':>7} {'m':>5} {'r':>3} {'threads':>7} {'gram_s':>8} {'solve_s':>8}")
     rows = []
-    for threads in thread_opts:
-        for d, m, r in shapes:
-            res = bench_shape(d, m, r, rows=args.rows, runs=args.runs, threads=threads)
-            rows.append(res)
-            print(f"{d:>7} {m:>5} {r:>3} {threads:>7} {res['gram_seconds']:>8.3f} {res['solve_seconds']:>8.3f}",
-                  flush=True)
+    if not args.skip_solver:
+        print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, float64 solve, "
+              f"gamma={GAMMA}, lam={LAM}, Gram from N={args.rows} rows")
+        print(f"{'d_model':>7} {'m':>5} {'r':>3} {'threads':>7} {'gram_s':>8} {'solve_s':>8} {'floor_s':>8} "
+              f"{'solve/floor':>11}")
+        for threads in thread_opts:
+            for d, m, r in shapes:
+                res = solve_vs_floor(d, m, r, rows=args.rows, runs=args.runs, threads=threads)
+                rows.append(res)
+                print(f"{d:>7} {m:>5} {r:>3} {threads:>7} {res['gram_seconds']:>8.3f} {res['solve_seconds']:>8.3f} "
+                      f"{res['floor_seconds']:>8.3f} {res['solve_over_floor']:>11.2f}", flush=True)
 
     torch.set_num_threads(1)
-    model = tiny_llama()
-    ids = torch.randint(0, model.config.vocab_size, (args.prompts, 48), generator=torch.Generator().manual_seed(1))
-    ratio = edit_vs_forward(model, ids, layer=2, m=64, rank=8)
-    print(f"\ntiny Llama (d_model 256, 4 layers, 1 thread): forward {ratio['prompts']} prompts x "
-          f"{ratio['tokens_per_prompt']} tokens {ratio['forward_seconds']:.2f} s; Gram {ratio['gram_seconds']:.4f} s, "
-          f"solve {ratio['solve_seconds']:.4f} s; edit / forward = {ratio['edit_over_forward']:.4f}")
+    ratio = None
+    if not args.skip_solver:
+        model = tiny_llama()
+        ids = torch.randint(0, model.config.vocab_size, (args.prompts, 48), generator=torch.Generator().manual_seed(1))
+        ratio = edit_vs_forward(model, ids, layer=2, m=64, rank=8)
+        print(f"\ntiny Llama (d_model 256, 4 layers, 1 thread): forward {ratio['prompts']} prompts x "
+              f"{ratio['tokens_per_prompt']} tokens {ratio['forward_seconds']:.2f} s; Gram "
+              f"{ratio['gram_seconds']:.4f} s, solve {ratio['solve_seconds']:.4f} s; "
+              f"edit / forward = {ratio['edit_over_forward']:.4f}")
+
+    from mlsafe import tiny, transfer
+
+    tok = tiny.build_tokenizer("llama")
+    lm = tiny.build_model("llama", tok, seed=0, hidden=128, layers=6, d_ff=256)
+    harmful, harmless = synthetic_anchors(48)
+    cfg = transfer.EditConfig(targets=["th", "bn"], rank=4, tau_mag=1.0, tau_stat=0.5, val_fraction=0.25)
+    fits = {"tiny": fit_vs_forward(lm, tok, harmful, harmless, cfg, token_margin(tok),
+                                   title="tiny chat Llama (d_model 128, 6 layers, 48 parallel anchors x 3 "
+                                         "languages, 1 thread)")}
+    if args.model:
+        from mlsafe import pipeline
+
+        loaded, suite = pipeline.load(args.model)
+        cfg = pipeline.edit_config(args.targets.split(","), 0, suite)
+        fits[args.model] = fit_vs_forward(loaded.model, loaded.tokenizer, suite.anchors_harmful,
+                                          suite.anchors_harmless, cfg, pipeline.margin_fn(suite, loaded.tokenizer),
+                                          title=f"{args.model} (targets {args.targets}, 1 thread)")
+    rss = peak_rss_mib()
+    print(f"\npeak RSS of this process (fits included): {rss:.0f} MiB")
     if args.json:
         from mlsafe.results import write_json
-        write_json(args.json, {"solve": rows, "edit_vs_forward": ratio, "torch": torch.__version__})
+        write_json(args.json, {"solve": rows, "edit_vs_forward": ratio, "fit_vs_forward": fits,
+                               "peak_rss_mib": rss, "torch": torch.__version__})
     return 0
 
 
