@@ -77,7 +77,7 @@ def backend_for(spec: str) -> Backend:
     kind = "tiny" if tiny.is_tiny(spec) else "hub"
     return Backend(spec, kind, lambda seed, device: load_transformers(spec, device, kind=kind),
                    "mlsafe.suites:real_data_suite",
-                   _CPU_SMALL if kind == "tiny" else _CPU_SLOW)
+                   dict(_CPU_SMALL if kind == "tiny" else _CPU_SLOW))
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -105,11 +105,11 @@ def _packaged(spec_name: str, seed: int, device: str) -> LoadedModel:
 
 
 register_backend(Backend("organism", "organism", partial(_organism, "organism", "sparse"),
-                         "mlsafe.suites:organism_backend_suite", _CPU_SMALL))
+                         "mlsafe.suites:organism_backend_suite", dict(_CPU_SMALL)))
 register_backend(Backend("organism-dense", "organism", partial(_organism, "organism-dense", "dense"),
-                         "mlsafe.suites:organism_backend_suite", _CPU_SMALL))
-register_backend(Backend("gemma-270m", "gemma-270m", _gemma, "mlsafe.suites:gemma_suite", _CPU_SLOW))
+                         "mlsafe.suites:organism_backend_suite", dict(_CPU_SMALL)))
+register_backend(Backend("gemma-270m", "gemma-270m", _gemma, "mlsafe.suites:gemma_suite", dict(_CPU_SLOW)))
 register_backend(Backend("qwen2.5-coder-0.5b", "packaged", partial(_packaged, "QWEN_CODER_05B"),
-                         "mlsafe.data.real:real_model_suite", _CPU_SLOW))
+                         "mlsafe.data.real:real_model_suite", dict(_CPU_SLOW)))
 register_backend(Backend("qwen2.5-coder-1.5b", "packaged", partial(_packaged, "QWEN_CODER_15B"),
-                         "mlsafe.data.real:real_model_suite", _CPU_SLOW))
+                         "mlsafe.data.real:real_model_suite", dict(_CPU_SLOW)))
