@@ -315,6 +315,7 @@ def test_real_model_suite_on_fixtures(tiny_lm, tmp_path, monkeypatch):
     mgsm = [p for p in suite.eval_harmless if p.source == "mgsm"]
     assert mgsm and all(p.answer for p in mgsm) and suite.correct is mlsafe.evaluate.mgsm_correct
     assert suite.refusal_starts is mlsafe.evaluate.DEFAULT_REFUSAL_STARTS
+    assert suite.report["judge"] == "rules" and type(suite.judge) is type(mlsafe.evaluate.make_judge("rules"))
     # a second build reads every answer from the cache and samples the same prompts
     monkeypatch.setattr(mlsafe.evaluate, "generate", lambda *a, **k: pytest.fail("answers not cached"))
     again = real.real_model_suite(tiny_lm, "fixtures", 0, answer_tokens=3, max_new_tokens=8, cache_file=cache,
@@ -445,7 +446,7 @@ class EvenRowsRefused:
 
 
 def test_real_model_suite_keeps_rows_the_model_refuses_in_english(tiny_lm, tmp_path, monkeypatch):
-    monkeypatch.setattr(real, "suite_judge", lambda name, device="cpu": (EvenRowsRefused(), "even-rows"))
+    monkeypatch.setattr(real, "suite_judge", lambda name, device="cpu": EvenRowsRefused())
     suite = real.real_model_suite(tiny_lm, "fixtures", 0, answer_tokens=3, cache_file=tmp_path / "a.json")
     # English anchors after the overlap drop: train rows 0-6 and val rows 0-3; even rows are refused
     assert suite.report["anchor_refusal_rate_en"] == 6 / 11

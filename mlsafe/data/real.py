@@ -44,10 +44,7 @@ from mlsafe.errors import UserError
 from mlsafe.langs import LANGS
 from mlsafe.prompts import Prompt
 
-try:  # the suite module split off the pipeline; both define the same Suite
-    from mlsafe.suites import Suite
-except ImportError:
-    from mlsafe.pipeline import Suite
+from mlsafe.suites import Suite
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -552,17 +549,16 @@ class RealSuite(Suite):
     report: dict = field(default_factory=dict)
 
 
+#: Judges that are models and run on the suite's device.
+GUARD_JUDGES = ("qwen3guard", "llamaguard")
+
+
 def suite_judge(name: str, device: str = "cpu"):
-    """(judge, name used): "rules" is mlsafe.evaluate's multilingual rule judge where it exists,
-    else the refusal-phrase judge; any other name goes to make_judge."""
+    """mlsafe.evaluate.make_judge(name): "rules" (the multilingual rule judge, the default),
+    "rules+clf", "phrase", or a guard model ("qwen3guard", "llamaguard") on `device`."""
     from mlsafe.evaluate import make_judge
 
-    if name == "rules":
-        try:
-            return make_judge("rules"), "rules"
-        except ValueError:
-            return make_judge("phrase"), "phrase"
-    return (make_judge(name), name) if name == "phrase" else (make_judge(name, device=device), name)
+    return make_judge(name, device=device) if name in GUARD_JUDGES else make_judge(name)
 
 
 def eval_pools(root: Path, *, hub: bool = True) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
@@ -702,7 +698,7 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
 
     d = real_data(data, seed, n_per_lang=n_per_lang, n_xstest=n_xstest, n_harmless_per_lang=n_harmless_per_lang,
                   n_mgsm=n_mgsm, max_anchors=max_anchors, ngram=ngram, near_threshold=near_threshold)
-    judge_obj, judge_used = suite_judge(judge, device)
+    judge_obj = suite_judge(judge, device)
     identity = model_identity(lm.model, lm.tokenizer)
     need = d.anchors_harmless + [p for p in d.anchors_harmful if p.lang == "en"]
     answered = {p.id: p for p in model_answers(
@@ -717,7 +713,7 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
         harmful = [p for p in harmful if p.parallel_id not in not_refused]
         if not harmful:
             raise UserError(f"the model refuses none of the {len(en_harm)} English harmful anchors (judge "
-                            f"{judge_used}); the edit needs English refusals to transfer: check the model and "
+                            f"{judge}); the edit needs English refusals to transfer: check the model and "
                             "judge, or pass english_refused_only=False")
     suite = RealSuite(
         name="real-polyrefuse-multijail", anchors_harmful=harmful,
@@ -725,7 +721,7 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
         eval_harmful=d.eval_harmful, eval_harmless=d.eval_harmless, judge=judge_obj,
         refusal_starts=ev.DEFAULT_REFUSAL_STARTS, comply_starts=ev.DEFAULT_COMPLY_STARTS,
         correct=ev.mgsm_correct, max_new_tokens=max_new_tokens)
-    suite.report = {**d.report, "judge": judge_used, "model_identity": identity,
+    suite.report = {**d.report, "judge": judge, "model_identity": identity,
                     "anchor_refusal_rate_en": sum(refused) / len(refused) if refused else None}
     suite.report["anchor_rows"] = {**d.report["anchor_rows"],
                                    "dropped_not_refused_en": len(not_refused) if english_refused_only else 0}
