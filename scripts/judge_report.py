@@ -32,7 +32,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"),
                     help="data root holding judge_dev/wildguard_labelled.jsonl (default: ../shared/data)")
-    ap.add_argument("--judge", default=None, help="judge to report in full (default: DEFAULT_REAL_JUDGE)")
+    ap.add_argument("--judge", default=None, choices=("rules+clf", "rules", "phrase"),
+                    help="offline judge to report on all rows (default: DEFAULT_REAL_JUDGE)")
     ap.add_argument("--train", action="store_true", help="refit the packaged classifier on all dev rows first")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
