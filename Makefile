@@ -45,7 +45,7 @@ export OMP_NUM_THREADS ?= 1
 export PYTHONHASHSEED := 0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help setup test test-fast reproduce bench clean-results
+.PHONY: help setup test test-fast reproduce bench clean-results judge-report
 
 help:
 	@echo "make reproduce LANG=th [MODEL=organism|gemma-270m|<hub id or folder>] [DEVICE=cpu|cuda] [SEED=0]"
@@ -89,6 +89,12 @@ RUN_ARGS = --model $(MODEL) --lang $(TARGET_LANG) --seed $(SEED) --device $(DEVI
 bench: $(VENV_STAMP)
 	$(PY) scripts/bench_solver.py
 	$(PY) scripts/bench_cost.py $(RUN_ARGS)
+
+# The judge against WildGuard's labels on the development file (per language and condition,
+# the held-out-model figures, the old phrase judge beside it); writes results/judge/report.json.
+DATA_ROOT ?= $(or $(MLSAFE_DATA),../shared/data)
+judge-report: $(VENV_STAMP)
+	$(PY) scripts/judge_report.py --data $(DATA_ROOT)
 
 clean-results:
 	rm -rf results/$(MODEL)
