@@ -25,6 +25,9 @@ from mlsafe.models import LoadedModel
 #: EditConfig preset name "default": transfer.EditConfig's own defaults.
 _CPU_SMALL = {"edit_preset": "default", "seeds": (0, 1, 2), "baselines": True, "extras": True}
 _CPU_SLOW = {"edit_preset": "default", "seeds": (0,), "baselines": False, "extras": False}
+#: A real instruct model on CPU: generation dominates, so the random-neuron control gets
+#: margins for every draw but an ASR (with paired tests) for one draw only.
+_CPU_REAL = {**_CPU_SLOW, "n_random": 3, "n_random_asr": 1}
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,6 @@ register_backend(Backend("organism-dense", "organism", partial(_organism, "organ
                          "mlsafe.suites:organism_backend_suite", dict(_CPU_SMALL)))
 register_backend(Backend("gemma-270m", "gemma-270m", _gemma, "mlsafe.suites:gemma_suite", dict(_CPU_SLOW)))
 register_backend(Backend("qwen2.5-coder-0.5b", "packaged", partial(_packaged, "QWEN_CODER_05B"),
-                         "mlsafe.data.real:real_model_suite", dict(_CPU_SLOW)))
+                         "mlsafe.data.real:real_model_suite", dict(_CPU_REAL)))
 register_backend(Backend("qwen2.5-coder-1.5b", "packaged", partial(_packaged, "QWEN_CODER_15B"),
-                         "mlsafe.data.real:real_model_suite", dict(_CPU_SLOW)))
+                         "mlsafe.data.real:real_model_suite", dict(_CPU_REAL)))

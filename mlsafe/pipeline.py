@@ -15,7 +15,6 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +23,8 @@ import torch
 import mlsafe
 from mlsafe import evaluate as ev
 from mlsafe import arch, neurons, transfer
+from mlsafe.evaluate.run import Evaluation, asr_of
+from mlsafe.evaluate.run import evaluate as run_evaluation
 from mlsafe.langs import LANGS, parse_targets, target_key
 from mlsafe.models import LoadedModel, load_model
 from mlsafe.prompts import Prompt
@@ -32,46 +33,10 @@ from mlsafe.suites import Suite, make_suite, organism_suite  # noqa: F401  (move
 
 
 # ----------------------------------------------------------------------------- evaluation
-@dataclass
-class Evaluation:
-    table: object                 # pandas DataFrame from ev.asr_table
-    margins: torch.Tensor         # per harmful prompt
-    responses: list[str]
-    judgments: list
-    utility: dict[str, float]
-    over_refusal: dict[str, float]
-    harmless_responses: list[str]
-
-    def blocks(self, prompts: Sequence[Prompt]) -> dict:
-        asr, ci = ev.summary_blocks(self.table)
-        return {"asr": asr, "asr_ci": ci, "margin": ev.mean_by_lang(prompts, self.margins),
-                "utility": self.utility, "over_refusal": self.over_refusal}
-
-
-def evaluate(lm: LoadedModel, suite: Suite, *, langs: Sequence[str] = LANGS, progress: bool = True) -> Evaluation:
-    """ASR (judge on greedy responses), refusal margin, utility and over-refusal per language."""
-    harmful = [p for p in suite.eval_harmful if p.lang in langs]
-    harmless = [p for p in suite.eval_harmless if p.lang in langs]
-    kw = dict(max_new_tokens=suite.max_new_tokens, progress=progress)
-    responses = ev.generate(lm.model, lm.tokenizer, [p.text for p in harmful], **kw)
-    judgments = suite.judge.judge(harmful, responses)
-    margins = ev.language_margins(lm.model, lm.tokenizer, harmful, refusal_starts=suite.refusal_starts,
-                                  comply_starts=suite.comply_starts)
-    safe_resp = ev.generate(lm.model, lm.tokenizer, [p.text for p in harmless], **kw)
-    tasks = [(p, r) for p, r in zip(harmless, safe_resp) if p.answer is not None]  # verifiable ones
-    correct = [suite.correct(r, p.answer) for p, r in tasks]
-    refused = [bool(j.refusal) for j in suite.judge.judge(harmless, safe_resp)]
-    return Evaluation(ev.asr_table(harmful, judgments), margins, responses, judgments,
-                      ev.mean_by_lang([p for p, _ in tasks], correct), ev.mean_by_lang(harmless, refused),
-                      safe_resp)
-
-
-def _asr_of(lm: LoadedModel, suite: Suite, langs: Sequence[str]) -> dict[str, float]:
-    harmful = [p for p in suite.eval_harmful if p.lang in langs]
-    responses = ev.generate(lm.model, lm.tokenizer, [p.text for p in harmful],
-                            max_new_tokens=suite.max_new_tokens, progress=False)
-    asr, _ = ev.summary_blocks(ev.asr_table(harmful, suite.judge.judge(harmful, responses)))
-    return asr
+def evaluate(lm: LoadedModel, suite: Suite, *, langs: Sequence[str] = LANGS, progress: bool = True,
+             seed: int = 0, **cached) -> Evaluation:
+    """mlsafe.evaluate.run.evaluate on a loaded model (the one evaluation API)."""
+    return run_evaluation(lm.model, lm.tokenizer, suite, langs=langs, progress=progress, seed=seed, **cached)
 
 
 def margin_fn(suite: Suite, tokenizer) -> transfer.MarginFn:
@@ -111,37 +76,45 @@ def load(model_spec: str, *, device: str = "cpu", seed: int = 0, data: str = "au
 
 
 def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", seed: int = 0, data: str = "auto",
-             n_random: int = 3, out_dir: Path | None = None, progress: bool = True,
-             loaded: tuple[LoadedModel, Suite] | None = None, tag: str | None = None, **overrides) -> dict:
+             n_random: int = 3, n_random_asr: int | None = None, out_dir: Path | None = None,
+             progress: bool = True, loaded: tuple[LoadedModel, Suite] | None = None, tag: str | None = None,
+             **overrides) -> dict:
     """Everything for one seed; returns the summary dict (and writes files when out_dir is given).
 
     `loaded` is the (model, suite) pair of `load` when the caller already holds it. `tag` is the
     suffix of the file names (responses_before{tag}.csv, edit{tag}.safetensors); default ""
     for seed 0 and "_seed<N>" otherwise. The summary's edit rank is the effective one (the
-    solver clamps the requested rank to min(rank, d_model, n_neurons)).
+    solver clamps the requested rank to min(rank, d_model, n_neurons)). `n_random` random
+    neuron sets of the edit's size, disjoint from it, are fitted with the same solver and
+    statistics (the control); all get margins on the target prompts, the first
+    `n_random_asr` (default all) also an ASR with paired tests against the edit.
     """
     t_load = time.perf_counter()
     lm, suite = loaded or load(model_spec, device=device, seed=seed, data=data)
     load_s = time.perf_counter() - t_load
+    n_random_asr = n_random if n_random_asr is None else min(n_random_asr, n_random)
 
+    # 1. fit the edit first (it leaves the model untouched): bad anchors fail fast
     cfg = edit_config(targets, seed, suite, **overrides)
-    t0 = time.perf_counter()  # fit first (it leaves the model untouched): bad anchors fail fast
+    t0 = time.perf_counter()
     edit, report = transfer.fit(lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, cfg,
                                 margin=margin_fn(suite, lm.tokenizer), progress=progress)
     fit_s = time.perf_counter() - t0
+    # 2. evaluate the unedited model (responses cached for real models: the same for every target)
     t0 = time.perf_counter()
-    before = evaluate(lm, suite, progress=progress)
+    base = response_cache_key(lm, suite)
+    before = cached_evaluation(lm, suite, base, None, seed=seed, progress=progress)
     eval_s = time.perf_counter() - t0
+    # 3. evaluate with the edit applied
     with edit.applied(lm.model):
-        after = evaluate(lm, suite, progress=progress)
-
-    controls = []
-    for k in range(n_random):
-        idx = neurons.random_like(edit.neurons, arch.d_ff(lm.model), torch.Generator().manual_seed(10_000 * seed + k))
-        rand_edit = transfer.build_edit(lm.model, report.layer, idx, report.stats, cfg)
-        with rand_edit.applied(lm.model):
-            controls.append(_asr_of(lm, suite, targets))
-    random_control = {lang: statistics.fmean(c[lang] for c in controls) for lang in targets} if controls else {}
+        after = cached_evaluation(lm, suite, base, edit, seed=seed, progress=progress)
+    # 4. the random-neuron control: same size, disjoint from S, same solver and statistics
+    t0 = time.perf_counter()
+    control = random_control(lm, suite, edit, report, cfg, targets, after, seed=seed, n_random=n_random,
+                             n_random_asr=n_random_asr)
+    control_s = time.perf_counter() - t0
+    # 5. first-token KL from the unedited model on harmless prompts
+    kl = ev.first_token_kl(lm.model, lm.tokenizer, before.harmless, edit) if before.harmless else {}
 
     sets = report.neuron_sets[report.layer]
     edit_block = {
@@ -154,33 +127,144 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
         "n_low": report.n_low, "n_safe": report.n_safe,
         "s_mag": int(sets.s_mag.numel()), "s_stat": int(sets.s_stat.numel()),
         "candidates": report.candidates,
-        "random_control": {"asr": random_control, "draws": n_random},
+        "random_control": control,
         "base_fingerprint": edit.base_fingerprint,
     }
     if suite.planted is not None:
         edit_block["planted"] = _planted_overlap(suite.planted, report)
+    blocks_b, blocks_a = before.blocks(), after.blocks()
     summary = {
         "model": lm.name, "target_langs": list(targets), "langs": list(LANGS), "seed": seed,
-        "data": suite.name, "judge": suite.judge.name,
-        "asr": {"before": before.blocks(suite.eval_harmful)["asr"], "after": after.blocks(suite.eval_harmful)["asr"]},
-        "asr_ci": {"before": ev.summary_blocks(before.table)[1], "after": ev.summary_blocks(after.table)[1]},
-        "margin": {"before": ev.mean_by_lang([p for p in suite.eval_harmful], before.margins),
-                   "after": ev.mean_by_lang([p for p in suite.eval_harmful], after.margins)},
-        "utility": {"before": before.utility, "after": after.utility},
-        "over_refusal": {"before": before.over_refusal, "after": after.over_refusal},
-        "n_eval": {"harmful": len(suite.eval_harmful), "harmless": len(suite.eval_harmless)},
+        "data": suite.name, "judge": suite.judge.name, "asr_metric": getattr(suite.judge, "asr_metric", None),
+        **{key: {"before": blocks_b[key], "after": blocks_a[key]} for key in blocks_b},
+        "kl": {"after": kl},
+        "gap_closed": gap_closed(blocks_b["asr"], blocks_a["asr"], control["asr"], targets),
+        "compare": {"after_vs_before": ev.compare(before.harmful, before.judgments, after.judgments, seed=seed,
+                                                  pooled=[t for t in targets if t in {p.lang for p in before.harmful}])},
+        "n_eval": {"harmful": len(before.harmful), "harmless": len(before.harmless)},
         "edit": edit_block,
-        "timing": {"load_seconds": load_s, "fit_seconds": fit_s, "evaluate_seconds": eval_s},
+        "timing": {"load_seconds": load_s, "fit_seconds": fit_s, "evaluate_seconds": eval_s,
+                   "control_seconds": control_s, "tokens_per_second": before.timing.get("tokens_per_second")},
         "versions": versions(),
     }
+    if getattr(suite, "report", None):
+        summary["data_report"] = _data_report(suite.report)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         tag = seed_tag(seed, 0) if tag is None else tag
+        chars = suite.response_chars
         for name, res in (("before", before), ("after", after)):
-            ev.write_per_prompt_csv(out_dir / f"responses_{name}{tag}.csv", suite.eval_harmful, res.responses,
-                                    res.judgments, res.margins.tolist())
+            ev.write_per_prompt_csv(out_dir / f"responses_{name}{tag}.csv", res.harmful, res.responses,
+                                    res.judgments, res.margins.tolist(), max_response_chars=chars)
+            if chars is not None:  # real models: the harmless responses too, for utility and over-refusal
+                ev.write_per_prompt_csv(out_dir / f"harmless_{name}{tag}.csv", res.harmless,
+                                        res.harmless_responses, res.harmless_judgments,
+                                        max_response_chars=HARMLESS_RESPONSE_CHARS)
         edit.save(out_dir / f"edit{tag}.safetensors")
     return summary
+
+
+#: Characters of each harmless-prompt response kept in committed files of real models (the
+#: answer of a direct-answer MGSM item or a refusal opening fits; the cache keeps it all).
+HARMLESS_RESPONSE_CHARS = 300
+
+
+def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitReport, cfg: transfer.EditConfig,
+                   targets: Sequence[str], after: Evaluation, *, seed: int, n_random: int,
+                   n_random_asr: int) -> dict:
+    """The random-neuron control of the edit (lead 2 of the method issue): `n_random` sets of
+    |S| neurons drawn disjoint from S at the edit's layer (seeds 10_000 * seed + k), each solved
+    with the same statistics and hyper-parameters. Margins on the target harmful prompts for
+    every draw; ASR and paired tests against the edit (same prompts) for the first
+    `n_random_asr`. Returns the summary's random_control block."""
+    harmful_t = [p for p in suite.eval_harmful if p.lang in targets]
+    edit_j = [j for p, j in zip(after.harmful, after.judgments) if p.lang in targets]
+    draws, asrs, compares, margins = [], [], [], []
+    for k in range(n_random):
+        idx = neurons.random_like(edit.neurons, arch.d_ff(lm.model), torch.Generator().manual_seed(10_000 * seed + k),
+                                  disjoint=True)
+        rand_edit = transfer.build_edit(lm.model, report.layer, idx, report.stats, cfg)
+        with rand_edit.applied(lm.model):
+            m = margin_fn(suite, lm.tokenizer)(lm.model, harmful_t)
+            margins.append(ev.mean_by_lang(harmful_t, m))
+            if k < n_random_asr:
+                asr, prompts, judgments = asr_of(lm.model, lm.tokenizer, suite, targets, seed=seed)
+                asrs.append(asr)
+                # diff = control - edit: positive means the edit leaves fewer unsafe answers
+                compares.append(ev.compare(prompts, edit_j, judgments, seed=seed, pooled=list(targets)))
+        draws.append({"seed": 10_000 * seed + k, "overlap_with_edit": 0})
+    mean = lambda rows: {lang: statistics.fmean(r[lang] for r in rows) for lang in rows[0]} if rows else {}  # noqa: E731
+    return {"asr": mean(asrs), "margin": mean(margins), "draws": n_random, "asr_draws": len(asrs),
+            "disjoint": True, "per_draw": {"asr": asrs, "margin": margins}, "compare_edit_vs_random": compares}
+
+
+def gap_closed(before: dict, after: dict, control: dict, targets: Sequence[str], source: str = "en") -> dict:
+    """Share of the cross-lingual safety gap (ASR_lang - ASR_source before the edit) that the
+    edit closes, per target and summed over the targets (the method issue's headline), and
+    the same for the random control."""
+    def share(after_):
+        per, num, den = {}, 0.0, 0.0
+        for t in targets:
+            if t not in after_:
+                continue
+            gap = before[t] - before[source]
+            per[t] = (before[t] - after_[t]) / gap if gap > 0 else None
+            if gap > 0:
+                num, den = num + before[t] - after_[t], den + gap
+        return {"per_lang": per, "summed": num / den if den > 0 else None}
+    return {"edit": share(after), "random_control": share(control) if control else None}
+
+
+def _data_report(report: dict) -> dict:
+    """The suite's record of its data, without the long id lists of the overlap check."""
+    out = {k: v for k, v in report.items() if k != "overlap"}
+    overlap = report.get("overlap") or {}
+    out["overlap"] = {lang: {k: v for k, v in row.items() if not k.endswith("_ids")} if isinstance(row, dict) else row
+                      for lang, row in overlap.items() if lang != "dropped_rows"}
+    out["overlap"]["dropped_rows"] = len(overlap.get("dropped_rows", []))
+    return out
+
+
+def response_cache_key(lm: LoadedModel, suite: Suite) -> dict | None:
+    """What identifies an evaluation's responses before any edit: the model's name and
+    fingerprint, the prompts and the generation settings (None when the suite caches nothing)."""
+    if not suite.cache_responses:
+        return None
+    from mlsafe.edit import fingerprint
+
+    return {"model": lm.name, "base": fingerprint(lm.model),
+            "harmful": [[p.id, p.text] for p in suite.eval_harmful],
+            "harmless": [[p.id, p.text] for p in suite.eval_harmless],
+            "gen": [suite.max_new_tokens, suite.harmless_max_new_tokens, suite.sort_by_length]}
+
+
+def cached_evaluation(lm: LoadedModel, suite: Suite, base: dict | None, edit, *, seed: int,
+                      progress: bool) -> Evaluation:
+    """`evaluate`, with the generated responses kept in the cache for suites that ask for it
+    (suite.cache_responses: the real models, where generation dominates). The key is
+    `base` (response_cache_key of the unedited model) plus the edit's sha256 (or none);
+    cached responses are judged again, so a new judge never reuses old verdicts. The cache
+    also keeps the full text that committed files cut to 80 characters."""
+    if base is None:
+        return evaluate(lm, suite, progress=progress, seed=seed)
+    import hashlib
+    import json
+
+    from mlsafe.packaged import cache_root
+    from mlsafe.results import read_json
+
+    key_src = {**base, "edit": hashlib.sha256(edit.to_bytes()).hexdigest() if edit is not None else None}
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_root() / "responses" / lm.name / f"{key}.json"
+    if path.is_file():
+        got = read_json(path)
+        return evaluate(lm, suite, progress=progress, seed=seed, responses=got["responses"],
+                        harmless_responses=got["harmless_responses"])
+    res = evaluate(lm, suite, progress=progress, seed=seed)
+    write_json(path, {"key": {k: v for k, v in key_src.items() if k not in ("harmful", "harmless")},
+                      "responses": res.responses, "harmless_responses": res.harmless_responses,
+                      "timing": res.timing})
+    return res
 
 
 def _planted_overlap(planted: dict, report: transfer.FitReport) -> dict:
@@ -248,6 +332,10 @@ def reproduce(lang: str, model: str = "organism", *, device: str = "cpu", seed: 
     runs = {}
     out_dir = results_dir(model, target_key(targets))
     all_seeds = list(dict.fromkeys([seed, *seeds]))
+    from mlsafe.backends import backend_for
+
+    defaults = backend_for(model).defaults  # the backend's run policy (mlsafe.backends)
+    controls = {k: defaults[k] for k in ("n_random", "n_random_asr") if k in defaults}
     with staged_run(out_dir, force=force) as stage:  # the lock: a concurrent run stops here
         # every block of the earlier summary comes back except over_seeds of a single-seed run
         blocks = summary_blocks(out_dir) - (set() if len(all_seeds) > 1 else {"over_seeds"})
@@ -258,7 +346,7 @@ def reproduce(lang: str, model: str = "organism", *, device: str = "cpu", seed: 
             loaded = load(model, device=device, seed=s, data=data)
             load_s = time.perf_counter() - t0
             summary = run_seed(model, targets, device=device, seed=s, data=data, progress=progress,
-                               out_dir=stage, loaded=loaded, tag=seed_tag(s, seed), **overrides)
+                               out_dir=stage, loaded=loaded, tag=seed_tag(s, seed), **controls, **overrides)
             summary["timing"].update(load_seconds=load_s, run_seconds=time.perf_counter() - t0)
             runs[s] = summary
             if s == seed:

@@ -32,6 +32,11 @@ class Suite:
     comply_starts: dict[str, list[str]]
     correct: UtilityFn                      # correct(response, answer) for harmless tasks
     max_new_tokens: int = 16
+    harmless_max_new_tokens: int | None = None  # None: max_new_tokens
+    sort_by_length: bool = False            # length-bucketed generation batches (real models)
+    batch_size: int = 16                    # generation batch (fixed: batching changes padding)
+    cache_responses: bool = False           # keep generated responses in the cache (real models)
+    response_chars: int | None = None       # committed files keep this many characters of a response
     edit_defaults: dict | None = None       # EditConfig overrides for this suite (pipeline.edit_config)
     planted: dict | None = None             # the organism's planted safety neurons
 

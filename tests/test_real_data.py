@@ -315,7 +315,10 @@ def test_real_model_suite_on_fixtures(tiny_lm, tmp_path, monkeypatch):
     mgsm = [p for p in suite.eval_harmless if p.source == "mgsm"]
     assert mgsm and all(p.answer for p in mgsm) and suite.correct is mlsafe.evaluate.mgsm_correct
     assert suite.refusal_starts is mlsafe.evaluate.DEFAULT_REFUSAL_STARTS
-    assert suite.report["judge"] == "rules" and type(suite.judge) is type(mlsafe.evaluate.make_judge("rules"))
+    from mlsafe.evaluate.judges import DEFAULT_REAL_JUDGE
+
+    assert suite.report["judge"] == DEFAULT_REAL_JUDGE
+    assert type(suite.judge) is type(mlsafe.evaluate.make_judge(DEFAULT_REAL_JUDGE))
     # a second build reads every answer from the cache and samples the same prompts
     monkeypatch.setattr(mlsafe.evaluate, "generate", lambda *a, **k: pytest.fail("answers not cached"))
     again = real.real_model_suite(tiny_lm, "fixtures", 0, answer_tokens=3, max_new_tokens=8, cache_file=cache,

@@ -549,6 +549,10 @@ class RealSuite(Suite):
     report: dict = field(default_factory=dict)
 
 
+#: Committed files keep at most this many characters of each response to a harmful prompt
+#: (enough to audit a refusal opening); the full text stays in the cache.
+RESPONSE_CHARS = 80
+
 #: Judges that are models and run on the suite's device.
 GUARD_JUDGES = ("qwen3guard", "llamaguard")
 
@@ -604,27 +608,30 @@ def eval_sets(pools: tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]], se
     return harmful, harmless, info
 
 
-def anchor_sets(root: Path, seed: int, *, max_anchors: int | None = None) -> tuple[list[Prompt], list[Prompt]]:
+def anchor_sets(root: Path, seed: int, *, max_anchors: int | None = None, max_harmless: int | None = None
+                ) -> tuple[list[Prompt], list[Prompt]]:
     """(harmful, harmless) anchors: PolyRefuse harmful train + val in en, zh, ja, th (parallel)
     and harmless train + val (en, ja, th parallel; zh its own sample). The val rows are meant
     as the edit's validation split (source "...-val"). max_anchors: a seeded subset of at most
-    that many parallel_ids from each of these sources (and from zh harmless, apart)."""
-    if max_anchors is not None and max_anchors < 1:
-        raise ValueError(f"max_anchors must be >= 1 or None, got {max_anchors}")
+    that many parallel_ids from each of these sources (and from zh harmless, apart);
+    max_harmless: the same cap for the harmless sources alone (default: max_anchors)."""
+    for name, v in (("max_anchors", max_anchors), ("max_harmless", max_harmless)):
+        if v is not None and v < 1:
+            raise ValueError(f"{name} must be >= 1 or None, got {v}")
     harmful = load_polyrefuse_harmful(root, "train") + load_polyrefuse_harmful(root, "val")
     harmless = load_polyrefuse_harmless(root, "train") + load_polyrefuse_harmless(root, "val")
-    if max_anchors is None:
-        return harmful, harmless
+    max_harmless = max_anchors if max_harmless is None else max_harmless
 
-    def cap(prompts):
+    def cap(prompts, limit):
         groups: dict[str, list[Prompt]] = {}
         for p in prompts:
             groups.setdefault(p.parallel_id.rsplit("-", 1)[0], []).append(p)
         keep = set()
         for name, group in sorted(groups.items()):
-            keep.update(_order(group, seed, name)[:max_anchors])
+            keep.update(_order(group, seed, name)[:limit])
         return [p for p in prompts if p.parallel_id in keep]
-    return cap(harmful), cap(harmless)
+    return (harmful if max_anchors is None else cap(harmful, max_anchors),
+            harmless if max_harmless is None else cap(harmless, max_harmless))
 
 
 def drop_overlapping(anchors: Sequence[Prompt], eval_prompts: Sequence[Prompt], *, n: int = 5,
@@ -650,8 +657,8 @@ class RealData:
 
 
 def real_data(data, seed: int, *, n_per_lang: int = 100, n_xstest: int = 100, n_harmless_per_lang: int = 50,
-              n_mgsm: int = 20, max_anchors: int | None = None, ngram: int = 5, near_threshold: float = 0.8
-              ) -> RealData:
+              n_mgsm: int = 20, max_anchors: int | None = None, max_harmless: int | None = None, ngram: int = 5,
+              near_threshold: float = 0.8) -> RealData:
     """Evaluation sets (`eval_sets`) and anchors (`anchor_sets`) from the data root `data`, minus
     every anchor row (parallel_id) with an exact or near duplicate (character `ngram`-gram
     Jaccard >= near_threshold) anywhere in the evaluation pools, not only in the sample, so the
@@ -662,7 +669,7 @@ def real_data(data, seed: int, *, n_per_lang: int = 100, n_xstest: int = 100, n_
     pools = eval_pools(root, hub=data != "fixtures")
     eval_harmful, eval_harmless, info = eval_sets(pools, seed, n_per_lang=n_per_lang, n_xstest=n_xstest,
                                                   n_harmless_per_lang=n_harmless_per_lang, n_mgsm=n_mgsm)
-    harmful, harmless = anchor_sets(root, seed, max_anchors=max_anchors)
+    harmful, harmless = anchor_sets(root, seed, max_anchors=max_anchors, max_harmless=max_harmless)
     loaded = {"harmful": len({p.parallel_id for p in harmful}), "harmless": len({p.parallel_id for p in harmless})}
     everything = [p for ps in pools for pool in ps.values() for p in pool]
     kept, overlap = drop_overlapping(harmful + harmless, everything, n=ngram, threshold=near_threshold)
@@ -676,11 +683,24 @@ def real_data(data, seed: int, *, n_per_lang: int = 100, n_xstest: int = 100, n_
     return out
 
 
-def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: int = 100, n_xstest: int = 100,
-                     n_harmless_per_lang: int = 50, n_mgsm: int = 20, max_anchors: int | None = None,
-                     judge: str = "rules", max_new_tokens: int = 128, answer_tokens: int = 64,
+def real_edit_defaults(model) -> dict:
+    """EditConfig choices for a real model on CPU, where the paper is silent (OPEN): every layer
+    but the first and last is a candidate (the decision can sit late: issue 13's patching probe
+    found the MLP ceiling of Qwen2.5-Coder-0.5B in layers 18-22), statistics in one pass, and
+    layers ranked by the closed-form predicted gap closure with only the top two confirmed by
+    validation margins (each margin scoring is a forward pass over the validation anchors)."""
+    from mlsafe import arch
+
+    n = arch.n_layers(model)
+    return {"candidate_layers": list(range(1, n - 1)) if n > 2 else list(range(n)), "stats_pass": "fused",
+            "layer_selection": "predicted", "confirm_top": 2}
+
+
+def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: int = 100, n_xstest: int = 50,
+                     n_harmless_per_lang: int = 25, n_mgsm: int = 20, max_anchors: int | None = 64,
+                     max_harmless: int | None = 32, judge: str | None = None, max_new_tokens: int = 32, answer_tokens: int = 32,
                      cache_file: str | os.PathLike | None = None, ngram: int = 5, near_threshold: float = 0.8,
-                     english_refused_only: bool = True, batch_size: int = 16, progress: bool = False) -> RealSuite:
+                     english_refused_only: bool = True, batch_size: int = 32, progress: bool = True) -> RealSuite:
     """The Suite for a real instruct model (e.g. Qwen2.5-Coder-0.5B-Instruct) on the real data.
 
     Prompts: `real_data` (evaluation sets, anchors without the rows that overlap evaluation).
@@ -695,9 +715,12 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
     mlsafe.evaluate's DEFAULT_REFUSAL_STARTS / DEFAULT_COMPLY_STARTS; utility: mgsm_correct
     (last number). All data is read and checked before any generation."""
     from mlsafe import evaluate as ev
+    from mlsafe.evaluate.judges import DEFAULT_REAL_JUDGE
 
+    judge = judge or DEFAULT_REAL_JUDGE
     d = real_data(data, seed, n_per_lang=n_per_lang, n_xstest=n_xstest, n_harmless_per_lang=n_harmless_per_lang,
-                  n_mgsm=n_mgsm, max_anchors=max_anchors, ngram=ngram, near_threshold=near_threshold)
+                  n_mgsm=n_mgsm, max_anchors=max_anchors, max_harmless=max_harmless, ngram=ngram,
+                  near_threshold=near_threshold)
     judge_obj = suite_judge(judge, device)
     identity = model_identity(lm.model, lm.tokenizer)
     need = d.anchors_harmless + [p for p in d.anchors_harmful if p.lang == "en"]
@@ -720,7 +743,9 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
         anchors_harmless=[answered[p.id] for p in d.anchors_harmless],
         eval_harmful=d.eval_harmful, eval_harmless=d.eval_harmless, judge=judge_obj,
         refusal_starts=ev.DEFAULT_REFUSAL_STARTS, comply_starts=ev.DEFAULT_COMPLY_STARTS,
-        correct=ev.mgsm_correct, max_new_tokens=max_new_tokens)
+        correct=ev.mgsm_correct, max_new_tokens=max_new_tokens, sort_by_length=True, cache_responses=True,
+        batch_size=batch_size, edit_defaults=real_edit_defaults(lm.model),
+        response_chars=RESPONSE_CHARS)
     suite.report = {**d.report, "judge": judge, "model_identity": identity,
                     "anchor_refusal_rate_en": sum(refused) / len(refused) if refused else None}
     suite.report["anchor_rows"] = {**d.report["anchor_rows"],

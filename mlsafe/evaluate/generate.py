@@ -68,19 +68,40 @@ def encode(tokenizer, texts: Sequence[str], device) -> dict:
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
+def length_order(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Indices of `texts` sorted by token length (stable), for length-bucketed batches."""
+    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    return sorted(range(len(texts)), key=lambda i: lengths[i])
+
+
 @torch.no_grad()
 def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_tokens: int = 64,
                        batch_size: int = 16, progress: bool = True, device=None,
-                       desc: str = "generate") -> list[str]:
-    """Greedy continuations of already-templated texts; decoded new tokens only."""
+                       desc: str = "generate", sort_by_length: bool = False,
+                       stats: dict | None = None) -> list[str]:
+    """Greedy continuations of already-templated texts; decoded new tokens only, in input order.
+
+    sort_by_length: batch prompts of similar token length together (less padding, and a
+    batch stops as soon as its rows end); outputs are returned in the input order. Batch
+    composition changes padding, which can change the last bits of the logits, so compare
+    runs made with the same setting. stats: a dict that receives "new_tokens" (generated
+    tokens up to and including each row's first end-of-sequence token) and "seconds".
+    """
+    import time
+
     from tqdm.auto import tqdm
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = device or model_device(model)
-    out: list[str] = []
+    order = length_order(tokenizer, chat_texts) if sort_by_length else list(range(len(chat_texts)))
+    texts = [chat_texts[i] for i in order]
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    decoded: list[str] = []
+    n_new, t0 = 0, time.perf_counter()
     with left_padded(tokenizer):
-        for chunk in tqdm(list(batches(chat_texts, batch_size)), desc=desc, disable=not progress):
+        for chunk in tqdm(list(batches(texts, batch_size)), desc=desc, disable=not progress):
             enc = encode(tokenizer, chunk, device)
             ids = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -88,14 +109,24 @@ def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_t
                 pad_token_id=tokenizer.pad_token_id,
             )
             new = ids[:, enc["input_ids"].shape[1]:]
-            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+            for row in new.tolist():
+                ends = [k for k, t in enumerate(row) if t in eos]
+                n_new += ends[0] + 1 if ends else len(row)
+            decoded.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+    if stats is not None:
+        stats.update(new_tokens=n_new, seconds=time.perf_counter() - t0)
+    out = [""] * len(chat_texts)
+    for i, text in zip(order, decoded):
+        out[i] = text
     return out
 
 
 def generate(model, tokenizer, user_texts: Sequence[str], *, max_new_tokens: int = 64,
              batch_size: int = 16, progress: bool = True, device=None,
-             system: str | None = None) -> list[str]:
+             system: str | None = None, sort_by_length: bool = False, desc: str = "generate",
+             stats: dict | None = None) -> list[str]:
     """Greedy responses to user messages (chat template applied, left padding, responses only)."""
     return generate_from_chat(model, tokenizer, format_chat(tokenizer, user_texts, system=system),
                               max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              progress=progress, device=device)
+                              progress=progress, device=device, sort_by_length=sort_by_length, desc=desc,
+                              stats=stats)

@@ -1,0 +1,118 @@
+"""One evaluation of a model on a suite (Sec. 5): generate -> judge -> per-language metrics.
+
+The single evaluation API that the pipeline, the baselines, the ablations, the lab and the
+diagnostics call. For the harmful evaluation prompts: greedy responses, the suite's judge,
+ASR with Wilson and cluster-bootstrap intervals (metrics.asr_table), the refusal margin at
+the generation position. For the harmless prompts: greedy responses, over-refusal (the
+judge's refusal rate, per language and per data source, e.g. XSTest-safe) and utility
+(`suite.correct` on the prompts that carry an answer, e.g. MGSM). Generation throughput
+(new tokens per second) is recorded with every evaluation.
+
+The suite is duck-typed (mlsafe.suites.Suite): this module sits below it and imports it
+for type checking only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from mlsafe.evaluate.generate import generate
+from mlsafe.evaluate.margin import language_margins, mean_by_lang
+from mlsafe.evaluate.metrics import asr_table, summary_blocks, summary_extra
+from mlsafe.langs import LANGS
+from mlsafe.prompts import Prompt
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlsafe.suites import Suite
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation measured; `harmful`/`harmless` are the prompts, in the lists' order."""
+
+    harmful: list[Prompt]
+    harmless: list[Prompt]
+    table: object                 # pandas DataFrame from asr_table
+    margins: torch.Tensor         # per harmful prompt
+    responses: list[str]
+    judgments: list
+    harmless_responses: list[str]
+    harmless_judgments: list
+    utility: dict[str, float]
+    over_refusal: dict[str, float]
+    over_refusal_by_source: dict[str, float]
+    timing: dict = field(default_factory=dict)
+
+    def blocks(self) -> dict:
+        """The per-language entries of summary.json of this evaluation."""
+        asr, ci = summary_blocks(self.table)
+        return {"asr": asr, "asr_ci": ci, "margin": mean_by_lang(self.harmful, self.margins),
+                "utility": self.utility, "over_refusal": self.over_refusal,
+                "over_refusal_by_source": self.over_refusal_by_source, **summary_extra(self.table)}
+
+
+def _rate_by(keys: Sequence[str], flags: Sequence[bool]) -> dict[str, float]:
+    out: dict[str, list[bool]] = {}
+    for k, f in zip(keys, flags):
+        out.setdefault(k, []).append(bool(f))
+    return {k: sum(v) / len(v) for k, v in sorted(out.items())}
+
+
+def harmful_responses(model, tokenizer, suite: "Suite", prompts: Sequence[Prompt], *, progress: bool = False,
+                      stats: dict | None = None, desc: str = "harmful") -> list[str]:
+    """Greedy responses to harmful prompts with the suite's generation settings."""
+    return generate(model, tokenizer, [p.text for p in prompts], max_new_tokens=suite.max_new_tokens,
+                    batch_size=suite.batch_size, progress=progress, sort_by_length=suite.sort_by_length,
+                    stats=stats, desc=desc)
+
+
+def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, progress: bool = True,
+             seed: int = 0, responses: Sequence[str] | None = None,
+             harmless_responses: Sequence[str] | None = None) -> Evaluation:
+    """ASR (judge on greedy responses), refusal margin, utility and over-refusal per language.
+
+    `responses` / `harmless_responses`: responses already generated for exactly these prompts
+    (e.g. from a cache); they are judged again, so a changed judge never reuses old verdicts.
+    """
+    harmful = [p for p in suite.eval_harmful if p.lang in langs]
+    harmless = [p for p in suite.eval_harmless if p.lang in langs]
+    timing: dict = {}
+    if responses is None:
+        st: dict = {}
+        responses = harmful_responses(model, tokenizer, suite, harmful, progress=progress, stats=st)
+        timing["harmful"] = st
+    if harmless_responses is None:
+        st = {}
+        harmless_responses = generate(model, tokenizer, [p.text for p in harmless],
+                                      max_new_tokens=suite.harmless_max_new_tokens or suite.max_new_tokens,
+                                      batch_size=suite.batch_size, progress=progress,
+                                      sort_by_length=suite.sort_by_length, stats=st, desc="harmless")
+        timing["harmless"] = st
+    if len(responses) != len(harmful) or len(harmless_responses) != len(harmless):
+        raise ValueError("cached responses do not match the suite's prompts; delete the evaluation cache")
+    judgments = suite.judge.judge(harmful, list(responses))
+    margins = language_margins(model, tokenizer, harmful, refusal_starts=suite.refusal_starts,
+                               comply_starts=suite.comply_starts)
+    safe_judged = suite.judge.judge(harmless, list(harmless_responses))
+    refused = [bool(j.refusal) for j in safe_judged]
+    tasks = [(p, r) for p, r in zip(harmless, harmless_responses) if p.answer is not None]  # verifiable ones
+    correct = [suite.correct(r, p.answer) for p, r in tasks]
+    new = sum(t.get("new_tokens", 0) for t in timing.values())
+    secs = sum(t.get("seconds", 0.0) for t in timing.values())
+    if secs > 0:
+        timing["tokens_per_second"] = new / secs
+    return Evaluation(harmful, harmless, asr_table(harmful, judgments, seed=seed), margins, list(responses),
+                      judgments, list(harmless_responses), safe_judged,
+                      mean_by_lang([p for p, _ in tasks], correct), mean_by_lang(harmless, refused),
+                      _rate_by([p.source or "unknown" for p in harmless], refused), timing)
+
+
+def asr_of(model, tokenizer, suite: "Suite", langs: Sequence[str], *, seed: int = 0) -> tuple[dict, list, list]:
+    """ASR per language on the harmful prompts of `langs` only: ({lang: asr}, prompts, judgments)."""
+    harmful = [p for p in suite.eval_harmful if p.lang in langs]
+    judgments = suite.judge.judge(harmful, harmful_responses(model, tokenizer, suite, harmful))
+    asr, _ = summary_blocks(asr_table(harmful, judgments, seed=seed))
+    return asr, harmful, judgments
