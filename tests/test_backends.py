@@ -108,3 +108,22 @@ def test_pipeline_still_exports_the_moved_names():
 
     assert pipeline.Suite is suites.Suite and pipeline.make_suite is suites.make_suite
     assert pipeline.organism_suite is suites.organism_suite
+
+
+def test_policy_cli_reads_the_registry(capsys):
+    from mlsafe import backends
+
+    assert backends.main(["get", "organism", "seeds"]) == 0
+    assert capsys.readouterr().out.strip() == "0 1 2"
+    assert backends.main(["get", "gemma-270m", "ablations"]) == 0
+    assert capsys.readouterr().out.strip() == "multi_layer"
+    assert backends.main(["get", "qwen2.5-coder-0.5b", "baselines"]) == 0
+    assert capsys.readouterr().out.strip() == "0"
+    assert backends.main(["get", "organism", "no-such-key"]) == 2
+    assert "no policy key" in capsys.readouterr().err
+    # the extra of a registered packaged model is named only when it is missing
+    assert backends.main(["missing-extra", "organism"]) == 0
+    assert capsys.readouterr().out.strip() == ""
+    backends.main(["missing-extra", "qwen2.5-coder-0.5b"])
+    out = capsys.readouterr().out.strip()
+    assert out == ("" if backends.extra_installed(backends.get_backend("qwen2.5-coder-0.5b")) else "qwen05")

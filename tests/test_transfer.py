@@ -89,8 +89,9 @@ def test_fit_refuses_bad_input(tiny_lm):
         transfer.EditConfig(targets=["en"])
     with pytest.raises(ValueError, match="out of range"):
         transfer.fit(model, tok, harmful, harmless, transfer.EditConfig(targets=["th"], layer=9, val_fraction=0))
-    with pytest.raises(ValueError, match="margin"):
-        transfer.fit(model, tok, harmful, harmless, transfer.EditConfig(targets=["th"]))
+    with pytest.raises(ValueError, match="targets"):
+        transfer.EditConfig(targets=["th!"])  # any well-formed code is a target, a malformed one is not
+    assert transfer.EditConfig(targets=["sw"]).targets == ["sw"]
     only_en = [p for p in harmful if p.lang == "en"]
     with pytest.raises(ValueError, match="no harmful anchors"):
         transfer.fit(model, tok, only_en, harmless, transfer.EditConfig(targets=["th"], layer=0, val_fraction=0))
@@ -200,3 +201,13 @@ def test_predicted_layer_selection_confirms_the_top_candidates_by_margins(tiny_l
         transfer.EditConfig(targets=["th"], layer_selection="fast")
     with pytest.raises(ValueError, match="stats_pass must be one of"):
         transfer.EditConfig(targets=["th"], stats_pass="one")
+
+
+def test_fit_defaults_margin_and_config_and_takes_the_anchor_pair(tiny_lm):
+    """transfer.fit(model, tokenizer, anchors.load(...)): the (harmful, harmless) pair, the
+    default margin strings and EditConfig(targets=<the anchors' non-English languages>)."""
+    model, tok = tiny_lm
+    harmful, harmless = _anchors()
+    edit, report = transfer.fit(model, tok, (harmful, harmless))
+    assert edit.hparams["targets"] == sorted({p.lang for p in harmful} - {"en"})
+    assert report.layer in range(len(list(model.parameters())))

@@ -163,7 +163,7 @@ def run(args) -> int:
         "refusal": rate_block(harmful, [j.refusal is True for j in res.judgments]),
         "asr": rate_block(harmful, [j.unsafe for j in res.judgments]),
         "over_refusal": wilson_block(over),
-        "margin": res.blocks(harmful)["margin"],
+        "margin": res.blocks()["margin"],
         "utility": res.utility,
     }
     if edit is not None and harmless:

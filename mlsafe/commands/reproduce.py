@@ -12,14 +12,17 @@ EXAMPLE = "mlsafe reproduce --lang th --model organism"
 
 def add_arguments(p):
     add_run_args(p)
-    p.add_argument("--seeds", type=int, nargs="*", default=[], help="extra seeds for the spread block")
+    p.add_argument("--seeds", type=int, nargs="*", default=None,
+                   help="seeds of the spread block (default: the backend's, e.g. 0 1 2 for the organism)")
     p.add_argument("--layer", default=None, help="edit layer: auto or a layer index (default: chosen on "
                                                  "validation anchors)")
     p.add_argument("--rank", default=None, help="rank of the edit, a positive integer (clamped to "
                                                 "min(rank, d_model, n_neurons); the summary records the "
                                                 "effective rank)")
-    p.add_argument("--no-extras", action="store_true",
-                   help="skip the safety-neuron diagnostics and the lab grid (slow on CPU for real models)")
+    p.add_argument("--extras", dest="extras", action="store_true", default=None,
+                   help="also write the safety-neuron diagnostics and the lab grid (default: the backend's "
+                        "policy: on for the organism, off for real models on CPU)")
+    p.add_argument("--no-extras", dest="extras", action="store_false")
     p.add_argument("--force", action="store_true",
                    help="replace an earlier run's folder even if this run drops some of its files or blocks")
 
@@ -74,7 +77,12 @@ def run(args) -> int:
         overrides["layer"] = "auto" if args.layer == "auto" else _int(args.layer, "--layer (auto or an index)", 0)
     if args.rank is not None:
         overrides["rank"] = _int(args.rank, "--rank", 1)
-    path = reproduce(args.lang, args.model, device=args.device, seed=args.seed, seeds=args.seeds,
-                     data=args.data, extras=not args.no_extras, force=args.force, **overrides)
+    from mlsafe.backends import backend_for
+
+    policy = backend_for(args.model).defaults
+    seeds = args.seeds if args.seeds is not None else [s for s in policy.get("seeds", ()) if s != args.seed]
+    extras = args.extras if args.extras is not None else bool(policy.get("extras", False))
+    path = reproduce(args.lang, args.model, device=args.device, seed=args.seed, seeds=seeds,
+                     data=args.data, extras=extras, force=args.force, **overrides)
     print(f"[mlsafe] wrote {path}")
     return 0

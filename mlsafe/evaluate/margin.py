@@ -138,3 +138,14 @@ def mean_by_lang(prompts: Sequence[Prompt], values) -> dict[str, float]:
     vals = torch.as_tensor(values, dtype=torch.float64)
     return {lang: float(vals[[i for i, p in enumerate(prompts) if p.lang == lang]].mean())
             for lang in lang_order({p.lang for p in prompts})}
+
+
+def default_margin(tokenizer, langs):
+    """A margin function (model, prompts) -> per-prompt margins with DEFAULT_REFUSAL_STARTS /
+    DEFAULT_COMPLY_STARTS; languages without their own strings use English's."""
+    refusal = {**{lang: DEFAULT_REFUSAL_STARTS["en"] for lang in langs}, **DEFAULT_REFUSAL_STARTS}
+    comply = {**{lang: DEFAULT_COMPLY_STARTS["en"] for lang in langs}, **DEFAULT_COMPLY_STARTS}
+
+    def margin(model, prompts):
+        return language_margins(model, tokenizer, prompts, refusal_starts=refusal, comply_starts=comply)
+    return margin
