@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from mlsafe import arch
+from mlsafe import arch, chat
 
 
 class _StopForward(Exception):
@@ -252,27 +252,31 @@ class Gram:
         self.n += x.shape[0]
 
 
-def encode_batch(tokenizer, texts: Sequence[str], device=None) -> dict[str, torch.Tensor]:
+def encode_batch(tokenizer, texts: Sequence[str], device=None, *, max_length: int | None = None
+                 ) -> dict[str, torch.Tensor]:
     """Left-padded model inputs for fully formatted texts (no special tokens added).
 
+    Texts are encoded by :func:`mlsafe.chat.encode_all` (the content of a
+    :class:`~mlsafe.chat.ChatText`, e.g. from :func:`mlsafe.transfer.chat_texts`, never becomes
+    control tokens; texts over `max_length` have their content truncated from the end).
     Returns input_ids, attention_mask and position_ids (counting real tokens only, so
     absolute-position models such as GPT-2 see the same positions as unpadded).
     """
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, not one string")
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return pad_batch(tokenizer, chat.encode_all(tokenizer, texts, max_length=max_length), device)
+
+
+def pad_batch(tokenizer, ids: Sequence[Sequence[int]], device=None) -> dict[str, torch.Tensor]:
+    """:func:`encode_batch` of already encoded id lists."""
     if any(len(row) == 0 for row in ids):
         raise ValueError("a text tokenizes to zero tokens; drop empty texts first")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    T = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), T), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, T - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, T - len(row):] = 1
-    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    out = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
+    out = chat.left_pad(ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    out["position_ids"] = (out["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
     return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+
+def _encode_for(model, tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Every text encoded once, truncated to the model's context (one warning for all)."""
+    return chat.encode_all(tokenizer, texts, max_length=chat.context_limit(model, tokenizer), what="text")
 
 
 PositionMaskFn = Callable[[Sequence[str], dict], torch.Tensor]
@@ -297,13 +301,14 @@ def _batches(model, tokenizer, texts, layers, *, acts, inputs, batch_size, devic
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = device if device is not None else next(model.parameters()).device
+    ids = _encode_for(model, tokenizer, texts)
     starts = range(0, len(texts), batch_size)
     if progress:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc="collect", unit="batch")
     for start in starts:
         chunk = list(texts[start:start + batch_size])
-        enc = encode_batch(tokenizer, chunk, device)
+        enc = pad_batch(tokenizer, ids[start:start + batch_size], device)
         keep = enc["attention_mask"].bool()
         if position_mask_fn is not None:
             keep = keep & position_mask_fn(chunk, enc).to(device).bool()
@@ -460,9 +465,10 @@ def collect_fused(model: nn.Module, tokenizer, texts: Sequence[str], layers: Ite
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, desc="collect", unit="batch")
+    ids = _encode_for(model, tokenizer, texts)
     with _inference(model):
         for batch in batches:
-            enc = encode_batch(tokenizer, [texts[i] for i in batch], dev)
+            enc = pad_batch(tokenizer, [ids[i] for i in batch], dev)
             keep = enc["attention_mask"].bool()
             row_of = {i: r for r, i in enumerate(batch)}
             with capture(model, layers, mlp_inputs=need_inputs, activations=need_acts,

@@ -145,17 +145,23 @@ def split_anchors(harmful: Sequence[Prompt], harmless: Sequence[Prompt], val_fra
 
 
 def chat_texts(tokenizer, prompts: Sequence[Prompt], *, with_response: bool = False) -> list[str]:
-    """Chat-formatted strings: the prompt with the generation prompt, or the whole conversation."""
+    """Chat-formatted strings: the prompt with the generation prompt, or the whole conversation.
+
+    :class:`mlsafe.chat.ChatText` (equal to ``apply_chat_template(..., tokenize=False)``) that
+    remember where prompt and response sit, so :func:`mlsafe.probe.encode_batch` encodes them
+    as plain text (special-token strings in the data cannot forge turns).
+    """
+    from mlsafe import chat
+
     out = []
     for p in prompts:
         if with_response:
             if p.response is None:
                 raise ValueError(f"prompt {p.id} has no reference response; X_safe needs whole conversations")
             msgs = [{"role": "user", "content": p.text}, {"role": "assistant", "content": p.response}]
-            out.append(tokenizer.apply_chat_template(msgs, tokenize=False))
+            out.append(chat.render(tokenizer, msgs))
         else:
-            msgs = [{"role": "user", "content": p.text}]
-            out.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+            out.append(chat.render(tokenizer, [{"role": "user", "content": p.text}], add_generation_prompt=True))
     return out
 
 

@@ -13,12 +13,17 @@ from typing import Iterator, Sequence
 
 import torch
 
+from mlsafe import chat
+from mlsafe.chat import ChatText
 
-def format_chat(tokenizer, user_texts: Sequence[str], *, system: str | None = None) -> list[str]:
+
+def format_chat(tokenizer, user_texts: Sequence[str], *, system: str | None = None) -> list[ChatText]:
     """Each user text as a one-turn conversation, chat template applied, generation prompt added.
 
-    Returns strings (tokenize=False); encode them with add_special_tokens=False, because
-    templates already contain their BOS / header tokens.
+    Returns :class:`mlsafe.chat.ChatText` strings (equal to ``apply_chat_template(...,
+    tokenize=False)``) that remember where the user text sits; :func:`encode` them, so that
+    special-token strings inside a user text stay plain text and templates' own BOS /
+    header tokens are not doubled.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
@@ -26,11 +31,8 @@ def format_chat(tokenizer, user_texts: Sequence[str], *, system: str | None = No
             "model's tokenizer, or set tokenizer.chat_template (see mlsafe.tiny for examples)"
         )
     prefix = [{"role": "system", "content": system}] if system is not None else []
-    return [
-        tokenizer.apply_chat_template(prefix + [{"role": "user", "content": text}],
-                                      add_generation_prompt=True, tokenize=False)
-        for text in user_texts
-    ]
+    return [chat.render(tokenizer, prefix + [{"role": "user", "content": text}], add_generation_prompt=True)
+            for text in user_texts]
 
 
 def model_device(model) -> torch.device:
@@ -62,16 +64,26 @@ def batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
         yield items[start:start + batch_size]
 
 
-def encode(tokenizer, texts: Sequence[str], device) -> dict:
-    """Left-padded batch encoding of already-templated texts (call inside `left_padded`)."""
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
-    return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+def encode(tokenizer, texts: Sequence[str], device, *, max_length: int | None = None) -> dict:
+    """Left-padded batch encoding of already-templated texts (call inside `left_padded`).
+
+    Encoded by :func:`mlsafe.chat.encode_all`: content of :class:`~mlsafe.chat.ChatText` texts
+    never becomes control tokens, and texts longer than `max_length` have their content
+    truncated from the end (one warning).
+    """
+    return pad_ids(tokenizer, chat.encode_all(tokenizer, texts, max_length=max_length), device)
 
 
-def length_order(tokenizer, texts: Sequence[str]) -> list[int]:
-    """Indices of `texts` sorted by token length (stable), for length-bucketed batches."""
-    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    return sorted(range(len(texts)), key=lambda i: lengths[i])
+def pad_ids(tokenizer, rows: Sequence[Sequence[int]], device) -> dict:
+    """input_ids and attention_mask of id lists, left-padded with the tokenizer's pad id."""
+    return {k: v.to(device) for k, v in chat.left_pad(rows, tokenizer.pad_token_id).items()}
+
+
+def prompt_limit(model, tokenizer, new_tokens: int = 0) -> int | None:
+    """Tokens a prompt may take: the model's context (:func:`mlsafe.chat.context_limit`) minus
+    the tokens still to be generated; None when the model states no limit."""
+    limit = chat.context_limit(model, tokenizer)
+    return None if limit is None else limit - new_tokens
 
 
 @torch.no_grad()
@@ -80,6 +92,11 @@ def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_t
                        desc: str = "generate", sort_by_length: bool = False,
                        stats: dict | None = None) -> list[str]:
     """Greedy continuations of already-templated texts; decoded new tokens only, in input order.
+
+    Texts are encoded by :func:`mlsafe.chat.encode_all` (give :class:`~mlsafe.chat.ChatText`
+    from :func:`format_chat` or :func:`mlsafe.chat.render` so that content cannot forge turns)
+    and must fit the model's context with `max_new_tokens` to spare: longer ChatText content
+    is truncated from the end (one warning), a longer plain string raises UserError.
 
     sort_by_length: batch prompts of similar token length together (less padding, and a
     batch stops as soon as its rows end); outputs are returned in the input order. Batch
@@ -94,15 +111,17 @@ def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_t
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = device or model_device(model)
-    order = length_order(tokenizer, chat_texts) if sort_by_length else list(range(len(chat_texts)))
-    texts = [chat_texts[i] for i in order]
+    encoded = chat.encode_all(tokenizer, chat_texts, max_length=prompt_limit(model, tokenizer, max_new_tokens))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if sort_by_length \
+        else list(range(len(encoded)))
+    rows = [encoded[i] for i in order]
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
     decoded: list[str] = []
     n_new, t0 = 0, time.perf_counter()
     with left_padded(tokenizer):
-        for chunk in tqdm(list(batches(texts, batch_size)), desc=desc, disable=not progress):
-            enc = encode(tokenizer, chunk, device)
+        for chunk in tqdm(list(batches(rows, batch_size)), desc=desc, disable=not progress):
+            enc = pad_ids(tokenizer, chunk, device)
             ids = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                 temperature=None, top_p=None, top_k=None,

@@ -16,7 +16,8 @@ from typing import Sequence
 
 import torch
 
-from mlsafe.evaluate.generate import batches, encode, format_chat, left_padded, model_device
+from mlsafe import chat
+from mlsafe.evaluate.generate import batches, format_chat, left_padded, model_device, pad_ids, prompt_limit
 from mlsafe.evaluate.margin import _last_logits_only
 from mlsafe.prompts import Prompt
 
@@ -33,14 +34,17 @@ def first_token_kl_per_prompt(model, tokenizer, prompts: Sequence[Prompt], edit,
     """KL(p_base || p_edited) of each prompt (module docstring), float64 [N] in input order.
 
     Each batch runs once unedited and once with `edit` applied (reverted bit-exactly after),
-    with the same padding, so an edit that changes no weight gives exactly 0.
+    with the same padding, so an edit that changes no weight gives exactly 0. Prompts are
+    encoded as plain text (:mod:`mlsafe.chat`), truncated from the end to the model's context.
     """
     device = device or model_device(model)
     extra = _last_logits_only(model)
+    ids = chat.encode_all(tokenizer, format_chat(tokenizer, [p.text for p in prompts]),
+                          max_length=prompt_limit(model, tokenizer))
     out = []
     with left_padded(tokenizer):
-        for chunk in batches(format_chat(tokenizer, [p.text for p in prompts]), batch_size):
-            enc = encode(tokenizer, chunk, device)
+        for chunk in batches(ids, batch_size):
+            enc = pad_ids(tokenizer, chunk, device)
             base = _logprobs(model, enc, extra)
             with edit.applied(model):
                 edited = _logprobs(model, enc, extra)

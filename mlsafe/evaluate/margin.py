@@ -19,7 +19,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from mlsafe.evaluate.generate import batches, encode, format_chat, left_padded, model_device
+from mlsafe import chat
+from mlsafe.evaluate.generate import batches, format_chat, left_padded, model_device, pad_ids, prompt_limit
 from mlsafe.prompts import Prompt
 
 DEFAULT_REFUSAL_STARTS: dict[str, list[str]] = {
@@ -81,14 +82,18 @@ def next_token_logprobs(model, tokenizer, user_texts: Sequence[str], token_ids: 
     """log p(token | chat-templated user text) at the generation position: float64 [N, len(token_ids)].
 
     Left padding with explicit position ids, so a prompt's value does not depend on its batch.
+    User texts are encoded as plain text (:mod:`mlsafe.chat`); one longer than the model's
+    context is truncated from the end (one warning for all).
     """
     device = device or model_device(model)
     idx = torch.tensor(list(token_ids), dtype=torch.long)
     last_only = _last_logits_only(model)
+    ids = chat.encode_all(tokenizer, format_chat(tokenizer, user_texts, system=system),
+                          max_length=prompt_limit(model, tokenizer))
     rows = []
     with left_padded(tokenizer):
-        for chunk in batches(format_chat(tokenizer, user_texts, system=system), batch_size):
-            enc = encode(tokenizer, chunk, device)
+        for chunk in batches(ids, batch_size):
+            enc = pad_ids(tokenizer, chunk, device)
             pos = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
             logits = model(**enc, position_ids=pos, **last_only).logits[:, -1, :]
             logp = torch.log_softmax(logits.double(), dim=-1).cpu()
