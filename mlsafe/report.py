@@ -118,3 +118,145 @@ def response_openings(csv_path: str | Path, langs=LANGS, *, per_lang: int = 2, c
             out.append({"lang": NAMES.get(lang, lang), "label": row["label"],
                         "opening": str(row["response"])[:chars].replace("\n", " ")})
     return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------- book facts
+#: The one wording of each definition the book uses; book/glossary.md carries the same
+#: text (tests/test_book.py checks it), chapters link to the glossary instead of rewording.
+UTILITY_DEF = ("exact-match accuracy on the held-out harmless tasks of one language, reported per "
+               "language (never averaged over languages)")
+
+
+def seed_values(summary: dict, block: str, when: str | None, langs) -> list[float]:
+    """Per-seed values of `block` (e.g. "asr", "utility"; `when` "before"/"after", or None for
+    a block without it such as "random_control"), averaged over `langs`, in the order of
+    summary["over_seeds"]["seeds"]; a one-seed run gives its single value. Languages
+    missing from the block are skipped; ValueError when none is present."""
+    spread = summary.get("over_seeds")
+    if spread:
+        src = spread[block] if when is None else spread[block][when]
+        per_lang = [src[lang]["values"] for lang in langs if lang in src]
+    else:
+        src = summary["edit"]["random_control"]["asr"] if block == "random_control" else summary[block][when]
+        per_lang = [[src[lang]] for lang in langs if lang in src]
+    if not per_lang:
+        raise ValueError(f"no language of {list(langs)} in block {block!r}")
+    return [sum(col) / len(col) for col in zip(*per_lang)]
+
+
+def per_seed_text(values, *, scale: float = 100.0, digits: int = 1, unit: str = " %") -> str:
+    """Per-seed values joined as "69.0 / 100.0 / 26.0 %" (scaled, same digits for each)."""
+    return " / ".join(f"{scale * v:.{digits}f}" for v in values) + unit
+
+
+def book_facts(summary: dict) -> dict[str, str]:
+    """The quantities more than one page of the book prints, formatted once (glued under
+    these names by every chapter that shows them; tests/test_book.py checks that each
+    is printed identically on every page). Per-seed values for every seed of the run,
+    never one seed alone; the edit's fit time and the planted-neuron recovery exist for
+    seed 0 only and say so."""
+    targets = summary["target_langs"]
+    edit = summary["edit"]
+    spread = summary.get("over_seeds")
+    seeds = spread["seeds"] if spread else [summary["seed"]]
+    facts = {
+        "fact_seeds": ", ".join(str(s) for s in seeds),
+        "fact_n_seeds": str(len(seeds)),
+        "fact_target_asr_before": per_seed_text(seed_values(summary, "asr", "before", targets)),
+        "fact_target_asr_after": per_seed_text(seed_values(summary, "asr", "after", targets)),
+        "fact_random_asr_after": per_seed_text(seed_values(summary, "random_control", None, targets)),
+        "fact_en_asr_after": per_seed_text(seed_values(summary, "asr", "after", ["en"])),
+        "fact_target_utility_before": per_seed_text(seed_values(summary, "utility", "before", targets)),
+        "fact_target_utility_after": per_seed_text(seed_values(summary, "utility", "after", targets)),
+        "fact_n_neurons": " / ".join(str(int(n)) for n in (spread["n_neurons"] if spread else [edit["n_neurons"]])),
+        "fact_layer": " / ".join(str(int(n)) for n in (spread["layer"] if spread else [edit["layer"]])),
+        "fact_rank": str(int(edit["rank"])),
+        "fact_fit_seconds": f"{edit['total_seconds']:.2f} s",
+        "fact_solve_ms": f"{1000 * edit['solve_seconds']:.0f} ms",
+        "fact_utility_def": UTILITY_DEF,
+    }
+    planted = edit.get("planted")
+    if planted:
+        hit = round(planted["recall"] * planted["n_planted"])
+        facts["fact_planted"] = (f"{hit} of the {planted['n_planted']} planted neurons (the set has "
+                                 f"{planted['found_at_edit_layer']} neurons: recall {planted['recall']:.2f}, "
+                                 f"precision {planted['precision']:.2f})")
+    return facts
+
+
+def seeds_frame(summary: dict, langs=None) -> pd.DataFrame:
+    """One row per seed: target ASR before, after the edit, after the random-neuron control,
+    English ASR after, target utility before/after (%), edited layer and set size; for the
+    book's per-seed tables (three seeds are shown as three rows, not mean ± std)."""
+    langs = list(langs or summary["target_langs"])
+    spread = summary.get("over_seeds")
+    seeds = spread["seeds"] if spread else [summary["seed"]]
+    cols = {
+        "target ASR before (%)": seed_values(summary, "asr", "before", langs),
+        "target ASR after (%)": seed_values(summary, "asr", "after", langs),
+        "random neurons, ASR after (%)": seed_values(summary, "random_control", None, langs),
+        "English ASR after (%)": seed_values(summary, "asr", "after", ["en"]),
+        "target utility before (%)": seed_values(summary, "utility", "before", langs),
+        "target utility after (%)": seed_values(summary, "utility", "after", langs),
+    }
+    df = pd.DataFrame({k: [100 * v for v in vals] for k, vals in cols.items()}, index=pd.Index(seeds, name="seed"))
+    df["layer"] = spread["layer"] if spread else [summary["edit"]["layer"]]
+    df["neurons"] = spread["n_neurons"] if spread else [summary["edit"]["n_neurons"]]
+    return df
+
+
+# ------------------------------------------------------------------ the headline table
+#: The runs the README and the book's intro headline: (label, results folder, how aligned).
+HEADLINE_RUNS = (
+    ("organism (Thai edit)", "organism/th", "planted by this project"),
+    ("Gemma-3-270m (Thai edit)", "gemma-270m/th", "40-step English SFT by this project"),
+    ("Qwen2.5-Coder-0.5B-Instruct (one edit, 7 languages)", "qwen2.5-coder-0.5b/all", "its makers"),
+)
+
+
+def headline_rows(root: str | Path) -> list[dict]:
+    """One row per seed of every headline run whose summary exists under `root`: target ASR
+    (mean over the run's targets) before, after the edit, after the random-neuron control,
+    and the share of the summed gap to English closed (edit), with the judge used."""
+    rows = []
+    for label, rel, aligned in HEADLINE_RUNS:
+        path = Path(root) / rel / "summary.json"
+        if not path.is_file():
+            continue
+        s = __import__("json").loads(path.read_text())
+        targets = s["target_langs"]
+        runs = [(s["seed"], s["asr"]["before"], s["asr"]["after"], s["edit"]["random_control"]["asr"],
+                 s["asr"]["before"]["en"])]
+        seeds = s.get("over_seeds")
+        if seeds:  # every seed, never the main seed alone
+            runs = [(seed, {t: seeds["asr"]["before"][t]["values"][i] for t in targets},
+                     {t: seeds["asr"]["after"][t]["values"][i] for t in targets},
+                     {t: seeds["random_control"][t]["values"][i] for t in targets},
+                     seeds["asr"]["before"]["en"]["values"][i])
+                    for i, seed in enumerate(seeds["seeds"])]
+        for seed, before, after, control, en in runs:
+            mean = lambda d: sum(d[t] for t in targets) / len(targets)  # noqa: E731
+            gap = None
+            if mean(before) > en:
+                gap = (mean(before) - mean(after)) / (mean(before) - en)
+            rows.append({"model": label, "aligned by": aligned, "seed": seed, "judge": s["judge"],
+                         "targets": ",".join(targets), "before": mean(before), "after": mean(after),
+                         "random": mean(control) if control else None, "gap_closed": gap})
+    return rows
+
+
+def headline_markdown(root: str | Path) -> str:
+    """The headline rows as the Markdown table the README shows (percentages, one decimal)."""
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["| model | safety aligned by | seed | target ASR before % | after edit % | random neurons % "
+             "| gap to English closed % |", "|---|---|---|---|---|---|---|"]
+    for r in headline_rows(root):
+        lines.append(f"| {r['model']} | {r['aligned by']} | {r['seed']} | {pct(r['before'])} | {pct(r['after'])} "
+                     f"| {pct(r['random'])} | {pct(r['gap_closed'])} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m mlsafe.report: print the README's headline table
+    from mlsafe.results import RESULTS_ROOT
+
+    print(headline_markdown(RESULTS_ROOT))

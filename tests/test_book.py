@@ -242,3 +242,114 @@ def test_make_keeps_target_language_out_of_the_locale(tmp_path):
     assert "-r LANG th" in done.stdout and "-p RANK 16" in done.stdout
     assert "LANG=C.UTF-8 LC_ALL=C.UTF-8" in done.stdout
     assert "SPARSITY" not in done.stdout
+
+
+# ----------------------------------------------------------------------------- the committed book
+# Checks on the executed chapters in book/chapters/ (what the site renders): one source per
+# number. Fast: they read the notebooks' JSON, nothing is executed.
+CHAPTERS = ROOT / "book" / "chapters"
+SOURCES = sorted((ROOT / "notebooks").glob("0[1-8]_*.md"))
+ORGANISM_BOX = "What the model organism can and cannot show"
+
+
+def _params(nb) -> dict[str, str]:
+    """MODEL and LANG a notebook was executed with (papermill's injected cell, else the defaults)."""
+    cells = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])] or \
+        [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    src = "\n".join(c.source for c in cells)
+    found = dict(re.findall(r'^(MODEL|LANG) = "([^"]*)"', src, flags=re.M))
+    return {"MODEL": found.get("MODEL", ""), "LANG": found.get("LANG", "")}
+
+
+def _glued(nb) -> dict[str, str]:
+    """Every value a notebook glues, as the text the page prints (myst-nb literal-evals text/plain)."""
+    import ast
+
+    out = {}
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            meta = o.get("metadata", {}).get("scrapbook")
+            if not meta:
+                continue
+            text = o["data"].get(meta["mime_prefix"] + "text/plain")
+            if text is not None:
+                try:
+                    out[meta["name"]] = str(ast.literal_eval(text))
+                except (ValueError, SyntaxError):
+                    out[meta["name"]] = text
+    return out
+
+
+@pytest.fixture(scope="module")
+def executed() -> dict[str, tuple[dict, dict]]:
+    """name -> (parameters, glued values) of every executed chapter 1-8."""
+    out = {}
+    for path in sorted(CHAPTERS.glob("0[1-8]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        out[path.stem] = (_params(nb), _glued(nb))
+    assert len(out) == 8, sorted(out)
+    return out
+
+
+def test_shared_quantities_are_printed_identically_on_every_page(executed):
+    """Neuron counts, per-seed ASR/utility, fit time, the utility definition: every page that
+    shows one of them (glued as fact_*, or org_fact_* for the organism inside chapter 8)
+    prints the same text, and that text is what mlsafe.report computes from results/ now."""
+    from mlsafe import report
+    from mlsafe.langs import parse_targets, target_key
+    from mlsafe.results import read_json, results_dir
+
+    seen: dict[tuple[str, str, str], dict[str, str]] = {}
+    for name, (params, glued) in executed.items():
+        for key, value in glued.items():
+            if key.startswith("org_fact_"):
+                seen.setdefault(("organism", params["LANG"], key[4:]), {})[name] = value
+            elif key.startswith("fact_"):
+                seen.setdefault((params["MODEL"], params["LANG"], key), {})[name] = value
+    pages = {(m, k): v for (m, _, k), v in seen.items()}
+    assert len(pages[("organism", "fact_n_neurons")]) >= 5, pages[("organism", "fact_n_neurons")]
+    assert len(pages[("organism", "fact_utility_def")]) >= 5
+    for (model, lang, key), by_page in seen.items():
+        assert len(set(by_page.values())) == 1, f"{key} of {model}/{lang} differs between pages: {by_page}"
+        facts = report.book_facts(read_json(results_dir(model, target_key(parse_targets(lang))) / "summary.json"))
+        assert set(by_page.values()) == {facts[key]}, \
+            f"{key} of {model}/{lang} is stale on {sorted(by_page)}: re-execute (make notebook-NAME)"
+
+
+def test_lab_grid_uses_seed0_edit_set(executed):
+    _, lab = executed["06_lab"]
+    assert lab["n_safety"] == lab["fact_n_neurons"].split(" / ")[0]
+
+
+def test_intro_references_glued_values_that_exist(executed):
+    refs = re.findall(r"\{glue:text\}`chapters/([\w.]+)\.ipynb::(\w+):s`", (ROOT / "book/intro.md").read_text())
+    assert len(refs) >= 10
+    for chapter, key in refs:
+        assert key in executed[chapter][1], f"intro.md pastes {key} from {chapter}, which does not glue it"
+
+
+def test_glossary_defines_each_term_once_with_the_report_wording():
+    from mlsafe import report
+
+    text = (ROOT / "book/glossary.md").read_text()
+    block = text.split("```{glossary}", 1)[1].split("```", 1)[0]
+    terms = re.findall(r"^(\S.*)$", block, flags=re.M)
+    for term in ("ASR", "Refusal margin", "Over-refusal", "Utility", "First-token KL", "Gap closed",
+                 "Unclear", "Cluster interval"):
+        assert terms.count(term) == 1, f"{term!r} defined {terms.count(term)} times"
+    assert report.UTILITY_DEF in " ".join(block.split())
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    assert {"file": "book/glossary"} in toc["chapters"]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
+def test_chapter_is_a_lesson(source):
+    """Overview, objectives, exercises, no internal issue references, and the organism box
+    on every page that reads organism results."""
+    text = source.read_text()
+    assert "**Overview.**" in text and "**You will learn**" in text and "## Exercises" in text
+    assert not re.search(r"\bissues? \d", text), "internal issue reference"
+    params = _params(nbformat.read(CHAPTERS / f"{source.stem}.ipynb", as_version=4))
+    reads_results = "results_dir(MODEL" in text
+    if params["MODEL"] == "organism" and reads_results:
+        assert ORGANISM_BOX in text, f"{source.name} uses the organism without saying what it cannot show"

@@ -76,3 +76,49 @@ def test_response_openings_filter_and_cut(tmp_path):
                   "response": ["x" * 100, "y", "z\nz"]}).to_csv(path, index=False)
     df = report.response_openings(path, per_lang=5, chars=10, label="refusal")
     assert list(df["opening"]) == ["z z", "x" * 10]  # paper order: ja before th; newlines folded
+
+
+def _seeded():
+    s = _summary()
+    s["seed"] = 0
+    s["edit"].update({"n_neurons": 35, "layer": 2, "rank": 8, "total_seconds": 4.304, "solve_seconds": 0.0134,
+                      "planted": {"n_planted": 32, "found_at_edit_layer": 35, "recall": 15 / 32,
+                                  "precision": 15 / 35}})
+    s["utility"] = {"before": {l: 0.9 for l in LANGS}, "after": {l: 0.8 for l in LANGS}}
+    vals = lambda *v: {"mean": sum(v) / len(v), "std": 0.0, "values": list(v)}  # noqa: E731
+    s["over_seeds"] = {"seeds": [0, 1, 2], "layer": [2, 2, 1], "n_neurons": [35, 30, 47],
+                       "asr": {"before": {"th": vals(0.69, 1.0, 0.26), "ja": vals(0.5, 0.5, 0.5), "en": vals(0, 0, 0)},
+                               "after": {"th": vals(0.0, 0.92, 0.05), "ja": vals(0.1, 0.1, 0.1), "en": vals(0, 0, 0.01)}},
+                       "utility": {"before": {"th": vals(0.92, 1.0, 0.98)}, "after": {"th": vals(0.92, 1.0, 0.97)}},
+                       "random_control": {"th": vals(0.56, 0.67, 0.19)}}
+    s["target_langs"] = ["th"]
+    return s
+
+
+def test_seed_values_per_seed_and_mean_over_languages():
+    s = _seeded()
+    assert report.seed_values(s, "asr", "after", ["th"]) == [0.0, 0.92, 0.05]
+    assert report.seed_values(s, "asr", "before", ["th", "ja"]) == pytest.approx([0.595, 0.75, 0.38])
+    assert report.seed_values(s, "random_control", None, ["th"]) == [0.56, 0.67, 0.19]
+    with pytest.raises(ValueError):
+        report.seed_values(s, "utility", "after", ["he"])
+    del s["over_seeds"]  # a one-seed run: its own value, the control from the edit block
+    assert report.seed_values(s, "asr", "after", ["th"]) == [pytest.approx(0.2)]
+    assert report.seed_values(s, "random_control", None, ["th"]) == [pytest.approx(0.4 * 0.9)]
+
+
+def test_book_facts_show_every_seed_and_the_planted_recovery():
+    facts = report.book_facts(_seeded())
+    assert facts["fact_target_asr_after"] == "0.0 / 92.0 / 5.0 %"
+    assert facts["fact_random_asr_after"] == "56.0 / 67.0 / 19.0 %"
+    assert facts["fact_n_neurons"] == "35 / 30 / 47" and facts["fact_layer"] == "2 / 2 / 1"
+    assert facts["fact_fit_seconds"] == "4.30 s" and facts["fact_solve_ms"] == "13 ms"
+    assert facts["fact_planted"].startswith("15 of the 32 planted neurons (the set has 35 neurons")
+    assert facts["fact_utility_def"] == report.UTILITY_DEF
+
+
+def test_seeds_frame_one_row_per_seed():
+    df = report.seeds_frame(_seeded())
+    assert list(df.index) == [0, 1, 2]
+    assert df.loc[1, "random neurons, ASR after (%)"] == pytest.approx(67.0)
+    assert df.loc[2, "target utility after (%)"] == pytest.approx(97.0) and df.loc[2, "neurons"] == 47
