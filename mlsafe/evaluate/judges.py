@@ -189,8 +189,10 @@ class _GuardBase:
 
         _check_lengths(prompts, responses)
         model, tok = self._load()
-        chats = [tok.apply_chat_template([{"role": "user", "content": p.text},
-                                          {"role": "assistant", "content": r}], tokenize=False)
+        from mlsafe import chat
+
+        # ChatText: a response that contains the guard's own turn tokens cannot forge a turn
+        chats = [chat.render(tok, [{"role": "user", "content": p.text}, {"role": "assistant", "content": r}])
                  for p, r in zip(prompts, responses)]
         return generate_from_chat(model, tok, chats, max_new_tokens=self.max_new_tokens,
                                   batch_size=self.batch_size, desc=self.name)
