@@ -256,7 +256,26 @@ def headline_markdown(root: str | Path) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m mlsafe.report: print the README's headline table
-    from mlsafe.results import RESULTS_ROOT
+README_MARKERS = ("<!-- headline:start -->", "<!-- headline:end -->")
 
-    print(headline_markdown(RESULTS_ROOT))
+
+def readme_with_headline(text: str, root: str | Path) -> str:
+    """`text` (a README) with the block between README_MARKERS replaced by headline_markdown."""
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        raise ValueError(f"the README has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{headline_markdown(root)}\n{end}{rest.split(end, 1)[1]}"
+
+
+if __name__ == "__main__":  # python -m mlsafe.report [--write README.md]: the README's headline table
+    import sys
+
+    from mlsafe.results import RESULTS_ROOT, write_atomic
+
+    if sys.argv[1:2] == ["--write"]:
+        path = Path(sys.argv[2])
+        write_atomic(path, readme_with_headline(path.read_text(), RESULTS_ROOT))
+        print(f"[mlsafe] wrote the headline table into {path}")
+    else:
+        print(headline_markdown(RESULTS_ROOT))

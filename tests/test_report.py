@@ -122,3 +122,14 @@ def test_seeds_frame_one_row_per_seed():
     assert list(df.index) == [0, 1, 2]
     assert df.loc[1, "random neurons, ASR after (%)"] == pytest.approx(67.0)
     assert df.loc[2, "target utility after (%)"] == pytest.approx(97.0) and df.loc[2, "neurons"] == 47
+
+
+def test_readme_headline_is_the_generated_table():
+    """The README's headline table is exactly what `python -m mlsafe.report` makes from results/."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    assert report.readme_with_headline(text, root / "results") == text, \
+        "README headline is stale: run python -m mlsafe.report --write README.md"
+    assert "| organism (Thai edit) | planted by this project | 1 |" in text  # every seed, not seed 0 only
