@@ -49,6 +49,9 @@ notebooks: $(patsubst notebooks/%.md,notebook-%,$(BOOK_SOURCES))
 
 # Chapter 8 is about the Gemma backbone, whatever MODEL the other chapters show.
 notebook-08_gemma: override MODEL = gemma-270m
+# Chapter 9 is about the packaged Qwen instruct model and its one edit for all languages.
+notebook-09_real_model: override MODEL = qwen2.5-coder-0.5b
+notebook-09_real_model: override TARGET_LANG = all
 
 notebook-%: notebooks/%.md $(VENV_STAMP)
 	@mkdir -p $(CHAPTERS_DIR) _build/notebooks
