@@ -31,6 +31,8 @@ _CPU_SMALL = {"edit_preset": "default", "seeds": (0, 1, 2), "baselines": True, "
               "ablations": (), "diagnose": False, "extra": None, "chapters": "notebooks"}
 _CPU_SLOW = {"edit_preset": "default", "seeds": (0,), "baselines": False, "extras": False,
              "ablations": (), "diagnose": False, "extra": None, "chapters": ""}
+#: A tiny random test model (mlsafe.tiny): one seed, every stage, no chapter of its own.
+_TINY = {**_CPU_SMALL, "seeds": (0,), "chapters": ""}
 #: A real instruct model on CPU: generation dominates, so the random-neuron control gets
 #: margins for every draw but an ASR (with paired tests) for one draw only.
 _CPU_REAL = {**_CPU_SLOW, "n_random": 3, "n_random_asr": 1}
@@ -86,7 +88,7 @@ def backend_for(spec: str) -> Backend:
     kind = "tiny" if tiny.is_tiny(spec) else "hub"
     return Backend(spec, kind, lambda seed, device: load_transformers(spec, device, kind=kind),
                    "mlsafe.suites:real_data_suite",
-                   dict(_CPU_SMALL if kind == "tiny" else _CPU_SLOW))
+                   dict(_TINY if kind == "tiny" else _CPU_SLOW))
 
 
 # ----------------------------------------------------------------------------- loaders

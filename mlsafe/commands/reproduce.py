@@ -80,7 +80,9 @@ def run(args) -> int:
     from mlsafe.backends import backend_for
 
     policy = backend_for(args.model).defaults
-    seeds = args.seeds if args.seeds is not None else [s for s in policy.get("seeds", ()) if s != args.seed]
+    default_seeds = list(policy.get("seeds", ()))  # the backend's spread, around its own main seed only
+    seeds = args.seeds if args.seeds is not None else (
+        default_seeds[1:] if default_seeds[:1] == [int(args.seed)] else [])
     extras = args.extras if args.extras is not None else bool(policy.get("extras", False))
     path = reproduce(args.lang, args.model, device=args.device, seed=args.seed, seeds=seeds,
                      data=args.data, extras=extras, force=args.force, **overrides)
