@@ -179,20 +179,22 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
     `n_random_asr`. Returns the summary's random_control block."""
     harmful_t = [p for p in suite.eval_harmful if p.lang in targets]
     edit_j = [j for p, j in zip(after.harmful, after.judgments) if p.lang in targets]
-    draws, asrs, compares, margins = [], [], [], []
+    margin = margin_fn(suite, lm.tokenizer)
+    asrs, compares, margins = [], [], []
     for k in range(n_random):
         idx = neurons.random_like(edit.neurons, arch.d_ff(lm.model), torch.Generator().manual_seed(10_000 * seed + k),
                                   disjoint=True)
-        rand_edit = transfer.build_edit(lm.model, report.layer, idx, report.stats, cfg)
+        # the model is unedited here, so its fingerprint at this layer is the edit's own base
+        rand_edit = transfer.build_edit(lm.model, report.layer, idx, report.stats, cfg,
+                                        base_fingerprint=edit.base_fingerprint)
         with rand_edit.applied(lm.model):
-            m = margin_fn(suite, lm.tokenizer)(lm.model, harmful_t)
+            m = margin(lm.model, harmful_t)
             margins.append(ev.mean_by_lang(harmful_t, m))
             if k < n_random_asr:
                 asr, prompts, judgments = asr_of(lm.model, lm.tokenizer, suite, targets, seed=seed)
                 asrs.append(asr)
                 # diff = control - edit: positive means the edit leaves fewer unsafe answers
                 compares.append(ev.compare(prompts, edit_j, judgments, seed=seed, pooled=list(targets)))
-        draws.append({"seed": 10_000 * seed + k, "overlap_with_edit": 0})
     mean = lambda rows: {lang: statistics.fmean(r[lang] for r in rows) for lang in rows[0]} if rows else {}  # noqa: E731
     return {"asr": mean(asrs), "margin": mean(margins), "draws": n_random, "asr_draws": len(asrs),
             "disjoint": True, "per_draw": {"asr": asrs, "margin": margins}, "compare_edit_vs_random": compares}

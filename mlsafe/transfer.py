@@ -299,7 +299,11 @@ def solve_factors(g: solver.EditGram, cfg: EditConfig) -> tuple[torch.Tensor, to
     return u[:, :rank] * s[:rank], vh[:rank]
 
 
-def build_edit(model, layer: int, idx: torch.Tensor, st: _LayerStats, cfg: EditConfig) -> SparseEdit:
+def build_edit(model, layer: int, idx: torch.Tensor, st: _LayerStats, cfg: EditConfig, *,
+               base_fingerprint: str | None = None) -> SparseEdit:
+    """The SparseEdit of neurons `idx` at `layer` solved from `st`. `base_fingerprint`: the
+    unedited model's fingerprint(model, layer) when the caller already holds it (it hashes
+    every weight: seconds on a 0.5B model), else computed here."""
     factors = {}
     for module in cfg.modules:
         a, b = solve_factors(edit_gram(model, layer, module, idx, st), cfg)
@@ -309,7 +313,8 @@ def build_edit(model, layer: int, idx: torch.Tensor, st: _LayerStats, cfg: EditC
                "position": cfg.position, "solver": cfg.solver, "targets": list(cfg.targets),
                "source": cfg.source, "tau_mag": cfg.tau_mag, "tau_stat": cfg.tau_stat, "seed": cfg.seed}
     return SparseEdit(layer=layer, modules=cfg.modules, neurons=idx, factors=factors, hparams=hparams,
-                      base_fingerprint=fingerprint(model, layer), model_type=arch.get_arch(model).model_type)
+                      base_fingerprint=base_fingerprint or fingerprint(model, layer),
+                      model_type=arch.get_arch(model).model_type)
 
 
 def _has_pairs(harmful: Sequence[Prompt], cfg: EditConfig) -> bool:
