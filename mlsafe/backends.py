@@ -18,9 +18,25 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
-from mlsafe.models import LoadedModel
+import torch
+
+#: The backend `make reproduce` and the CLI use when no MODEL is given.
+DEFAULT_BACKEND = "organism"
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and where it came from (what every `Backend.load` returns)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str          # what results/<name>/ is called
+    kind: str          # "organism", "gemma-270m", "packaged", "tiny" (a random test model) or "hub"
+    path: str | None = None
+    backend: str | None = None   # the registered backend it was loaded through
 
 #: Run policy of a backend, read by `mlsafe reproduce` and the Makefile
 #: (`python -m mlsafe.backends get MODEL KEY`): the edit preset ("default" is
@@ -80,7 +96,6 @@ def backend_for(spec: str) -> Backend:
     """The registered backend `spec`, else the folder/hub fallback for it ("tiny" for a
     folder with mlsafe.tiny's marker file, "hub" otherwise). Nothing is loaded here."""
     from mlsafe import tiny
-    from mlsafe.models import load_transformers
 
     registered = get_backend(spec)
     if registered is not None:
@@ -92,6 +107,38 @@ def backend_for(spec: str) -> Backend:
 
 
 # ----------------------------------------------------------------------------- loaders
+def load_transformers(spec: str, device: str, kind: str = "hub") -> LoadedModel:
+    """A local folder or hub id `spec` through transformers; `kind` goes into the result."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mlsafe.results import model_slug
+
+    path = Path(spec)
+    local = path.is_dir()
+    if not local and (spec.startswith((".", "/", "~")) or spec.count("/") != 1):
+        raise FileNotFoundError(
+            f"MODEL={spec!r} is neither an existing folder nor a hub id of the form owner/name; "
+            f"built-in names are {', '.join(BACKENDS)}"
+        )
+    kwargs: dict = {"trust_remote_code": False}
+    if device.startswith("cuda"):
+        bf16 = torch.cuda.is_bf16_supported()
+        kwargs.update(dtype=torch.bfloat16 if bf16 else torch.float16, device_map="auto")
+    else:
+        kwargs.update(dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=False, local_files_only=local)
+        model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=local, **kwargs)
+    except OSError as err:
+        raise OSError(
+            f"could not load MODEL={spec!r}: {err}\nGive a local folder made by save_pretrained, or a hub id "
+            "on a machine with internet access (set HF_TOKEN for gated models such as Llama-3.2)."
+        ) from err
+    if not device.startswith("cuda"):
+        model = model.to(device)
+    return LoadedModel(model.eval(), tok, model_slug(spec), kind, str(path) if local else None)
+
+
 def _organism(name: str, variant: str, seed: int, device: str) -> LoadedModel:
     from mlsafe.organism import load_or_train
 

@@ -31,6 +31,7 @@ from mlsafe.edit import scaled_neurons
 from mlsafe.langs import LANGS, SOURCE, parse_targets, target_key
 from mlsafe.prompts import Prompt
 from mlsafe.results import read_json, results_dir, write_json
+from mlsafe.suites import edit_config, load
 
 DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 SET_NAMES = ("s_mag", "s_stat", "s_safety")
@@ -153,10 +154,8 @@ def run(model_spec: str, lang: str, *, device: str = "cpu", seed: int = 0, data:
     layer: where the edit acts (default: read from the main run's summary.json).
     amplify: "edit" scales the English safety neurons at that layer only, "all" at every layer.
     max_eval_per_lang: evaluate amplification on at most that many harmful prompts per language.
-    loaded: the (model, suite) pair of mlsafe.pipeline.load when the caller already holds it.
+    loaded: the (model, suite) pair of mlsafe.suites.load when the caller already holds it.
     """
-    from mlsafe.pipeline import edit_config, load
-
     if amplify not in ("edit", "all"):
         raise ValueError(f'amplify must be "edit" or "all", got {amplify!r}')
     targets = parse_targets(lang)

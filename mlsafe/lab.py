@@ -28,6 +28,7 @@ from mlsafe.diagnostics import edit_layer, per_lang
 from mlsafe.langs import SOURCE, parse_targets, target_key
 from mlsafe.prompts import Prompt
 from mlsafe.results import results_dir, write_json
+from mlsafe.suites import edit_config, load
 
 DEFAULT_RANKS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 DEFAULT_SPARSITIES: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
@@ -152,9 +153,7 @@ def open_lab(model_spec: str, lang: str, *, device: str = "cpu", seed: int = 0, 
     """Load the model and its suite and stream the statistics at the edit layer (read from the
     main run's summary.json unless given) with the main run's hyper-parameters (`config`: the
     EditConfig overrides the main run was given, e.g. {"gamma": 0.5}). `loaded`: the (model,
-    suite) pair of mlsafe.pipeline.load when the caller already holds it."""
-    from mlsafe.pipeline import edit_config, load
-
+    suite) pair of mlsafe.suites.load when the caller already holds it."""
     targets = parse_targets(lang)
     if layer is None:
         layer = edit_layer(results_dir(model_spec, target_key(targets)))

@@ -26,10 +26,11 @@ from mlsafe import arch, neurons, transfer
 from mlsafe.evaluate.run import Evaluation, asr_of
 from mlsafe.evaluate.run import evaluate as run_evaluation
 from mlsafe.langs import LANGS, parse_targets, target_key
-from mlsafe.models import LoadedModel, load_model
+from mlsafe.models import LoadedModel
 from mlsafe.prompts import Prompt
 from mlsafe.results import check_rerun, results_dir, staged_run, summary_blocks, write_json
-from mlsafe.suites import Suite, make_suite, organism_suite  # noqa: F401  (moved there; importable here)
+from mlsafe.backends import DEFAULT_BACKEND, backend_for
+from mlsafe.suites import Suite, edit_config, load, make_suite, margin_fn, organism_suite  # noqa: F401  (importable here)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -39,20 +40,7 @@ def evaluate(lm: LoadedModel, suite: Suite, *, langs: Sequence[str] = LANGS, pro
     return run_evaluation(lm.model, lm.tokenizer, suite, langs=langs, progress=progress, seed=seed, **cached)
 
 
-def margin_fn(suite: Suite, tokenizer) -> transfer.MarginFn:
-    def margin(model, prompts: list[Prompt]) -> torch.Tensor:
-        return ev.language_margins(model, tokenizer, prompts, refusal_starts=suite.refusal_starts,
-                                   comply_starts=suite.comply_starts)
-    return margin
-
-
 # ----------------------------------------------------------------------------- one run
-def edit_config(targets: Sequence[str], seed: int, suite: Suite, **overrides) -> transfer.EditConfig:
-    kw = dict(suite.edit_defaults or {})
-    kw.update(overrides)
-    return transfer.EditConfig(targets=list(targets), seed=seed, **kw)
-
-
 def experiment_setup(lm: LoadedModel, suite: Suite, targets: Sequence[str], seed: int, *,
                      chosen: Sequence[str] = (), known: Sequence[str] = (), what: str = "names",
                      ) -> tuple[transfer.EditConfig, transfer.MarginFn, transfer.Anchors]:
@@ -66,13 +54,6 @@ def experiment_setup(lm: LoadedModel, suite: Suite, targets: Sequence[str], seed
     cfg = edit_config(targets, seed, suite)
     anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, cfg.val_fraction, cfg.seed)
     return cfg, margin_fn(suite, lm.tokenizer), anchors
-
-
-def load(model_spec: str, *, device: str = "cpu", seed: int = 0, data: str = "auto") -> tuple[LoadedModel, Suite]:
-    """The model of one seed and its suite (seeded, so every later step is deterministic)."""
-    torch.manual_seed(seed)
-    lm = load_model(model_spec, device, seed=seed)
-    return lm, make_suite(lm, data, seed, device)
 
 
 def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", seed: int = 0, data: str = "auto",
@@ -318,7 +299,7 @@ def planned_files(seeds: Sequence[int], main_seed: int, extras: bool) -> set[str
     return files
 
 
-def reproduce(lang: str, model: str = "organism", *, device: str = "cpu", seed: int = 0,
+def reproduce(lang: str, model: str = DEFAULT_BACKEND, *, device: str = "cpu", seed: int = 0,
               seeds: Sequence[int] = (), data: str = "auto", progress: bool = True, extras: bool = True,
               force: bool = False, **overrides) -> Path:
     """The main job. The seed `seed` run is the summary; other `seeds` add a spread block.
@@ -334,8 +315,6 @@ def reproduce(lang: str, model: str = "organism", *, device: str = "cpu", seed: 
     runs = {}
     out_dir = results_dir(model, target_key(targets))
     all_seeds = list(dict.fromkeys([seed, *seeds]))
-    from mlsafe.backends import backend_for
-
     defaults = backend_for(model).defaults  # the backend's run policy (mlsafe.backends)
     controls = {k: defaults[k] for k in ("n_random", "n_random_asr") if k in defaults}
     with staged_run(out_dir, force=force) as stage:  # the lock: a concurrent run stops here

@@ -93,7 +93,7 @@ def test_edit_then_apply_gives_plain_transformers_folders(arch, folders, edits, 
 
 
 def test_edit_with_user_anchors_records_their_hash(folders, tmp_path, capsys):
-    from mlsafe.data import real_suite
+    from mlsafe.suites import real_suite
 
     suite = real_suite("fixtures")
     path = tmp_path / "anchors.jsonl"

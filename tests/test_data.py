@@ -187,8 +187,7 @@ def test_translate_plumbing_with_tiny_model(tmp_path):
 
 
 def test_real_suite_on_fixtures(tmp_path):
-    from mlsafe.data import real_suite
-    from mlsafe.data.suite import pick_judge
+    from mlsafe.suites import pick_judge, real_suite
     from mlsafe.evaluate import GuardJudge, RefusalPhraseJudge
 
     suite = real_suite("fixtures")

@@ -21,7 +21,7 @@ def _example() -> str:
 def test_readme_example_runs_as_printed(tmp_path, monkeypatch):
     from mlsafe import tiny
     from mlsafe.data import anchors
-    from mlsafe.data.suite import real_suite
+    from mlsafe.suites import real_suite
 
     tiny.build(tmp_path / "tiny-models")
     suite = real_suite("fixtures")

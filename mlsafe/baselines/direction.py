@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mlsafe import arch, probe, transfer
-from mlsafe.baselines import cost
+import mlsafe.baselines.cost as cost
 from mlsafe.prompts import Prompt
 
 _F64 = torch.float64

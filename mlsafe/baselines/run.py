@@ -44,7 +44,9 @@ import torch
 
 from mlsafe import arch, neurons, pipeline, probe, transfer
 from mlsafe import evaluate as ev
-from mlsafe.baselines import cost, direction, finetune
+import mlsafe.baselines.cost as cost
+import mlsafe.baselines.direction as direction
+import mlsafe.baselines.finetune as finetune
 from mlsafe.langs import LANGS, parse_targets
 from mlsafe.results import write_atomic
 

@@ -280,7 +280,7 @@ class RuleClfJudge:
     def __init__(self, artefact: str | None = None, model=None):
         """Load the JSON artefact (default: the packaged one), or use `model` (a
         rule_judge.Logistic) directly (held-out validation)."""
-        from mlsafe.evaluate import rule_judge
+        import mlsafe.evaluate.rule_judge as rule_judge
 
         self.harmful_model = model if model is not None else rule_judge.load_artefact(
             artefact or rule_judge.ARTEFACT)

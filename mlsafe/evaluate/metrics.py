@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mlsafe.evaluate import stats
+import mlsafe.evaluate.stats as stats
 from mlsafe.langs import LANGS
 from mlsafe.prompts import Prompt
 from mlsafe.results import write_atomic

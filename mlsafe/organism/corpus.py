@@ -28,7 +28,7 @@ import random
 from dataclasses import asdict, dataclass, field
 
 from mlsafe.langs import LANGS, SOURCE, TIERS
-from mlsafe.organism import lexicon as lx
+import mlsafe.organism.lexicon as lx
 from mlsafe.prompts import Prompt
 
 TIER_SHARE = {"source": 1.0, "high": 0.8, "medium": 0.6, "low": 0.45}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from mlsafe.organism import lexicon as lx
+import mlsafe.organism.lexicon as lx
 
 PAD, BOS, UNK, USER, ASSISTANT, END = "<pad>", "<s>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"
 SPECIALS = (PAD, BOS, UNK, USER, ASSISTANT, END)
