@@ -5,18 +5,20 @@ own `response` when it has one, as the organism's anchors do, else the English p
 anchor's response, else `DEFAULT_REFUSAL`), plus every harmless anchor with its reference
 response so the model keeps its utility. Only response tokens carry loss.
 
-Adapter (`LoRATrainer`): a hand-written LoRA (Hu et al. 2021; no `peft` dependency) on the
-MLP projections of every layer: y = x W^T + (alpha / r) x A^T B^T with A [r, in] drawn from
-a seeded normal (std 1 / sqrt(in)), B [r -> out] zero, so training starts at the base
-model. The base weights are frozen and never touched during training (forward hooks);
-`delta()` merges the adapters into dense weight deltas (`WeightDelta`) that apply and
-revert exactly. Full-batch order, initialisation and Adam are seeded: same seed, same
-weights (on one CPU thread).
+Adapter (`LoRATrainer`): LoRA (Hu et al. 2021) through `peft` on the MLP projections
+(`SFTConfig.modules`) of `SFTConfig.layers` (default every layer): y = x W^T + (alpha / r)
+x A^T B^T with A [r, in] drawn from a seeded normal (std 1 / sqrt(in)), B [out, r] zero, so
+training starts at the base model. The base weights are frozen and never touched: each
+`train` call wraps the model with ``peft.get_peft_model`` and unloads the adapter without
+merging (``unload()``) afterwards. `delta()` gives the adapters as dense weight deltas
+(`WeightDelta`, dW = (alpha / r) B A) that apply and revert exactly. Initialisation,
+batch order and Adam are seeded: same seed, same weights (on one CPU thread).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,39 +124,81 @@ class WeightDelta:
 
 
 def _linear_of(model: nn.Module, layer: int, which: str) -> tuple[str, nn.Module]:
+    """(module path, nn.Linear) of projection `which` of `layer`; refuses fused / Conv1D MLPs."""
     spec = arch.get_arch(model)
     if spec.fused or spec.conv1d or (which == "gate" and spec.gate is None):
         raise ValueError(f"the LoRA baseline supports separate gate/up/down nn.Linear projections, not "
                          f"{spec.model_type}")
     name = {"gate": spec.gate, "up": spec.up, "down": spec.down}[which]
     mlp = arch.mlp(model, layer)
-    module = getattr(mlp, name)
     prefix = next(n for n, m in model.named_modules() if m is mlp)
-    return f"{prefix}.{name}.weight", module
+    return f"{prefix}.{name}", getattr(mlp, name)
 
 
 class LoRATrainer:
-    """Seeded LoRA training that can be continued (`train(steps)` is cumulative)."""
+    """Seeded LoRA training with `peft` that can be continued (`train(steps)` is cumulative).
+
+    The trainer owns the adapter parameters (A [r, in], B [out, r] per projection, float32)
+    and one Adam over them. Each `train` call wraps the model with ``peft.get_peft_model``
+    (LoraConfig on `cfg.modules` of `cfg.layers`, dropout 0), puts the trainer's parameters
+    into the LoRA layers, trains, and unloads the adapter without merging, so between calls
+    the model is exactly the base model.
+    """
+
+    ADAPTER = "default"
 
     def __init__(self, model: nn.Module, examples: Sequence[Example], cfg: SFTConfig, *, pad_id: int = 0):
         if not examples:
             raise ValueError("no training examples")
         self.model, self.examples, self.cfg, self.pad_id = model, list(examples), cfg, pad_id
+        spec = arch.get_arch(model)
+        self.layers = list(cfg.layers) if cfg.layers is not None else list(range(arch.n_layers(model)))
         gen = torch.Generator().manual_seed(cfg.seed)
-        layers = cfg.layers if cfg.layers is not None else range(arch.n_layers(model))
-        self.adapters: list[tuple[str, nn.Module, nn.Parameter, nn.Parameter]] = []
         dev = next(model.parameters()).device
-        for layer in layers:
+        self.adapters: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}   # module path -> (A, B)
+        for layer in self.layers:
             for which in cfg.modules:
-                name, lin = _linear_of(model, layer, which)
+                path, lin = _linear_of(model, layer, which)
                 a = torch.randn(cfg.rank, lin.in_features, generator=gen, dtype=torch.float32) / lin.in_features ** 0.5
                 b = torch.zeros(lin.out_features, cfg.rank)
-                self.adapters.append((name, lin, nn.Parameter(a.to(dev)), nn.Parameter(b.to(dev))))
+                self.adapters[path] = (nn.Parameter(a.to(dev)), nn.Parameter(b.to(dev)))
         self.scale = cfg.alpha / cfg.rank
-        self.opt = torch.optim.Adam([p for _, _, a, b in self.adapters for p in (a, b)], lr=cfg.lr)
+        self.lora_config = dict(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
+                                target_modules=sorted({getattr(spec, w) for w in cfg.modules}),
+                                layers_to_transform=self.layers, layers_pattern=spec.blocks.rsplit(".", 1)[-1])
+        self.opt = torch.optim.Adam([p for ab in self.adapters.values() for p in ab], lr=cfg.lr)
         self.gen = gen
         self.steps_done, self.seconds, self.tokens = 0, 0.0, 0
         self.losses: list[float] = []
+
+    @contextmanager
+    def adapted(self):
+        """The model wrapped by peft with the trainer's current adapters (a PeftModel); on exit
+        the adapter is unloaded without merging and the parameters' requires_grad and the
+        model's train/eval mode are restored: the base model is bit-exact what it was."""
+        from peft import LoraConfig, get_peft_model
+
+        frozen = [(p, p.requires_grad) for p in self.model.parameters()]
+        was_training = self.model.training
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # peft's own initialisation (replaced below) draws from the global generator; peft 0.21
+            # reads transformers' deprecated is_gradient_checkpointing (a FutureWarning, not ours)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            peft_model = get_peft_model(self.model, LoraConfig(**self.lora_config), adapter_name=self.ADAPTER)
+        try:
+            found = {name: m for name, m in self.model.named_modules() if hasattr(m, "lora_A")}
+            if set(found) != set(self.adapters):
+                raise RuntimeError(f"peft adapted {sorted(set(found) ^ set(self.adapters))[:3]} differently from "
+                                   "the trainer's projections")
+            for path, (a, b) in self.adapters.items():
+                found[path].lora_A[self.ADAPTER].weight = a
+                found[path].lora_B[self.ADAPTER].weight = b
+            yield peft_model
+        finally:
+            peft_model.unload()
+            for p, flag in frozen:
+                p.requires_grad_(flag)
+            self.model.train(was_training)
 
     def _batch(self) -> tuple[dict, torch.Tensor]:
         idx = torch.randint(len(self.examples), (self.cfg.batch_size,), generator=self.gen).tolist()
@@ -176,31 +220,18 @@ class LoRATrainer:
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         t0 = time.perf_counter()
-        handles = [lin.register_forward_hook(
-            lambda mod, args, out, a=a, b=b: out + (self.scale * ((args[0].to(a.dtype) @ a.T) @ b.T)).to(out.dtype))
-            for _, lin, a, b in self.adapters]
-        frozen = [(p, p.requires_grad) for p in self.model.parameters()]
-        was_training = self.model.training
         new = []
-        try:
-            for p, _ in frozen:
-                p.requires_grad_(False)
-            self.model.eval()   # no dropout: deterministic
+        with self.adapted() as peft_model:
+            peft_model.eval()   # no dropout: deterministic
             for _ in range(steps):
                 enc, labels = self._batch()
-                logits = self.model(**enc, use_cache=False).logits[:, :-1].float()
+                logits = peft_model(**enc, use_cache=False).logits[:, :-1].float()
                 loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                    labels[:, 1:].reshape(-1), ignore_index=-100)
                 self.opt.zero_grad()
                 loss.backward()
                 self.opt.step()
                 new.append(loss.item())
-        finally:
-            for h in handles:
-                h.remove()
-            for p, flag in frozen:
-                p.requires_grad_(flag)
-            self.model.train(was_training)
         self.steps_done += steps
         self.seconds += time.perf_counter() - t0
         self.losses += new
@@ -208,11 +239,13 @@ class LoRATrainer:
 
     @torch.no_grad()
     def delta(self) -> WeightDelta:
-        """The adapters merged into dense weight deltas: dW = scale * B @ A per projection."""
-        return WeightDelta({name: (self.scale * b @ a).detach().clone() for name, _, a, b in self.adapters})
+        """The adapters as dense weight deltas of the base weights: dW = (alpha / r) * B @ A per
+        projection (what peft's merge adds), keyed by parameter name."""
+        return WeightDelta({f"{path}.weight": (self.scale * b @ a).detach().clone()
+                            for path, (a, b) in self.adapters.items()})
 
     def trainable_parameters(self) -> int:
-        return sum(a.numel() + b.numel() for _, _, a, b in self.adapters)
+        return sum(a.numel() + b.numel() for a, b in self.adapters.values())
 
 
 def train_sft(model: nn.Module, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt],
