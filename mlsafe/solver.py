@@ -25,6 +25,7 @@ dW is confined to the (near-)null space of X_safe^T X_safe, so X_safe dW = 0.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -116,42 +117,137 @@ def ridge(g: EditGram, *, gamma: float, lam: float) -> Tensor:
     return torch.cholesky_solve(g.xtd, chol)
 
 
-def low_rank_factors(g: EditGram, *, rank: int, gamma: float, lam: float, method: str = "gram",
+def low_rank_factors(g: EditGram, *, rank: int, gamma: float, lam: float, method: str = "auto",
                      dtype: torch.dtype = _F64) -> tuple[Tensor, Tensor]:
     """Theorem 4.1 as factors (A [d_in, r], B [r, m]) with dW* = A @ B.
 
     Q = L L^T (R = L^T), R M = L^{-1} X_low^T D = U S V^T, A = R^{-1} U_r S_r, B = V_r^T
     (orthonormal rows; signs fixed so the largest |entry| of each row of B is positive).
-    method="gram" (default) gets the top-r singular triplets of R M from the top-r
-    eigenvectors of its smaller Gram matrix ((R M)^T R M or R M (R M)^T), `_top_eigvecs`:
-    only r eigenvectors are computed (LAPACK dsyevx through scipy on CPU), not all of them;
-    no SVD. method="svd" is the exact reference (a full `torch.linalg.svd`). Squaring R M
-    costs accuracy only where sigma_r and sigma_{r+1} nearly tie (then the top-r subspace
-    is itself ill-determined); on random and ill-conditioned problems the two agree to
-    round-off and their objectives to 1e-10 relative (tests/test_solver.py). Measured
-    times against the floor (one Cholesky of Q + one triangular solve): scripts/bench_solver.py.
+    The top-r singular triplets of R M come from the top-r eigenvectors of its smaller Gram
+    matrix C ((R M)^T R M if m <= d_in, else R M (R M)^T), found by one of:
+
+    * "auto" (default): block Lanczos on C without forming it (`_top_right_singular`: a
+      seeded random start block, full reorthogonalisation, Ritz triplets from the SVD of
+      R M V), accepted only when every triplet's residual ||(R M)^T u - sigma v|| is
+      <= 1e-12 sigma_1, checked explicitly; it costs a few products of R M with thin blocks where the spectrum decays
+      past sigma_r, and it gives up early (falling back to "gram") where it is flat there,
+      e.g. on pure noise;
+    * "gram": C formed, its top-r eigenvectors by `_top_eigvecs` (LAPACK dsyevx on CPU);
+    * "svd": the exact reference (a full `torch.linalg.svd` of R M).
+
+    Squaring R M costs accuracy only where sigma_r and sigma_{r+1} nearly tie (then the
+    top-r subspace is itself ill-determined); on random and ill-conditioned problems all
+    methods agree with "svd" to ~1e-9 and their objectives (eq. 4) to 1e-10 relative
+    (tests/test_solver.py). All arithmetic is float64. The floor this is measured against
+    (one Cholesky of Q + one triangular solve with m right-hand sides) is the first two
+    steps of the body; scripts/bench_solver.py times the whole against it.
     """
     _check_rank(rank, g.d_in, g.m)
-    if method not in ("gram", "svd"):
-        raise ValueError(f'method must be "gram" or "svd", got {method!r}')
+    if method not in ("auto", "gram", "svd"):
+        raise ValueError(f'method must be "auto", "gram" or "svd", got {method!r}')
     chol = _cholesky(g, gamma, lam)
     rm = torch.linalg.solve_triangular(chol, g.xtd, upper=False)  # R M
     if method == "svd":
         u, s, vh = torch.linalg.svd(rm, full_matrices=False)
         us, vh = u[:, :rank] * s[:rank], vh[:rank]
-    elif g.m <= g.d_in:
-        vh = _top_eigvecs(rm.T @ rm, rank).T                                 # V_r^T
-        us = rm @ vh.T                                                       # U_r S_r
     else:
-        u = _top_eigvecs(rm @ rm.T, rank)                                    # U_r
-        svh = u.T @ rm                                                       # S_r V_r^T
-        s = torch.linalg.vector_norm(svh, dim=1)
-        vh = svh / s.where(s > 0, torch.ones_like(s)).unsqueeze(1)
-        us = u * s
+        side = rm if g.m <= g.d_in else rm.T          # [p, n], n = min(d_in, m)
+        vecs = _top_right_singular(side, rank) if method == "auto" else None
+        if vecs is None:
+            vecs = _top_eigvecs(side.T @ side, rank)
+        if g.m <= g.d_in:
+            vh = vecs.T                                                      # V_r^T
+            us = rm @ vecs                                                   # U_r S_r
+        else:
+            svh = vecs.T @ rm                                                # S_r V_r^T
+            s = torch.linalg.vector_norm(svh, dim=1)
+            vh = svh / s.where(s > 0, torch.ones_like(s)).unsqueeze(1)
+            us = vecs * s
     sign = torch.sign(vh.gather(1, vh.abs().argmax(dim=1, keepdim=True)))
     sign[sign == 0] = 1.0
     a = torch.linalg.solve_triangular(chol.T, us * sign.T, upper=True)
     return a.to(dtype), (vh * sign).to(dtype)
+
+
+def _block_size(rank: int) -> int:
+    """Lanczos block size for rank r: r, at least 8 (thinner blocks waste the matrix products)."""
+    return max(rank, 8)
+
+
+def _top_right_singular(a: Tensor, rank: int, *, tol: float = 1e-12, seed: int = 0,
+                        max_basis: int | None = None) -> Tensor | None:
+    """Top-`rank` right singular vectors [n, rank] of a [p, n], largest first (the leading
+    eigenvectors of C = a^T a), by block Lanczos on C without forming it; None when that would
+    not beat the exact Gram eigensolver (the caller then uses `_top_eigvecs`).
+
+    Start: an orthonormalised Gaussian block [n, b] from a generator seeded with `seed`
+    (b = `_block_size`), so the result is deterministic. Step j: W = a^T (a V_j), orthogonalised
+    twice against all blocks so far (classical Gram-Schmidt), W = V_{j+1} H_{j+1} by QR, and
+    V_{j+1} once more against V (so V stays orthonormal to round-off even where W lies almost
+    in span V). A direction that adds nothing (the Krylov space became invariant, e.g.
+    rank(a) < b) is replaced by a fresh random one. At sizes 2b, 3b, 4b, then every 1.5x, the
+    Ritz triplets come from the SVD of a V = U S Y^T (no squaring: sigma_i and v_i = V y_i
+    to round-off relative to sigma_1) and are tested: first with the Lanczos estimate
+    ||a^T u_i - sigma_i v_i|| = ||H_{j+1} y_i,last block|| / sigma_i, then, if that passes,
+    explicitly: max_i ||a^T u_i - sigma_i v_i|| <= tol * sigma_1. By Davis-Kahan each returned
+    vector is then within tol * sigma_1 / gap_i of the exact one (gap_i: distance of sigma_i
+    to the other singular values), as a full SVD is within eps * sigma_1 / gap_i.
+
+    Budget: at most `max_basis` basis vectors, by default K = n/4 + n^2/(2p), where the
+    Lanczos products (4pn flops per basis vector, thin and so about half as fast per flop)
+    cost what the exact path does (C: 2pn^2 flops, its tridiagonalisation ~4n^3 flop
+    equivalents, being half memory-bound). From 4b on, the residual's decay rate per basis
+    vector so far is extrapolated; if it predicts more than the budget (a flat spectrum near
+    sigma_r, e.g. pure noise), it gives up at once rather than at the budget.
+    """
+    p, n = a.shape
+    b = _block_size(rank)
+    kmax = min(n // 4 + n * n // (2 * p), n) if max_basis is None else min(max_basis, n)
+    if 2 * b > kmax:
+        return None
+    opts = dict(dtype=_F64, device=a.device)
+    gen = torch.Generator(device=a.device).manual_seed(seed)
+    a_t = a.T.contiguous()  # BLAS runs a^T @ X several times faster from a contiguous copy
+    basis = torch.empty(n, kmax, **opts)                            # V = [V_0, V_1, ...]
+    abasis = torch.empty(p, kmax, **opts)                           # a V
+    basis[:, :b] = torch.linalg.qr(torch.randn(n, b, generator=gen, **opts)).Q
+    abasis[:, :b] = a @ basis[:, :b]
+    k, check_at, last = b, 2 * b, None
+    while True:
+        v_old = basis[:, :k]
+        w = a_t @ abasis[:, k - b:k]                                # C V_j
+        w_norm = torch.linalg.vector_norm(w, dim=0).max()
+        for _ in range(2):
+            w = w - v_old @ (v_old.T @ w)
+        q, h_next = torch.linalg.qr(w)
+        lost = h_next.diagonal().abs() <= n * torch.finfo(_F64).eps * w_norm
+        if bool(lost.any()):
+            q[:, lost] = torch.randn(n, int(lost.sum()), generator=gen, **opts)
+            q = q - v_old @ (v_old.T @ q)
+        q, fix = torch.linalg.qr(q - v_old @ (v_old.T @ q))
+        h_next = fix @ h_next
+        if k >= check_at or k + b > kmax:
+            check_at = k + b if k < 4 * b else max(k + b, int(1.5 * k))
+            u, sig, yh = torch.linalg.svd(abasis[:, :k], full_matrices=False)
+            u, sig, y = u[:, :rank], sig[:rank], yh[:rank].T
+            floor = torch.finfo(_F64).tiny
+            target = tol * float(sig[0].clamp_min(floor))
+            est = float((torch.linalg.vector_norm(h_next @ y[k - b:], dim=0) / sig.clamp_min(floor)).max())
+            if est <= target:
+                v = v_old @ y
+                res = a_t @ u - v * sig
+                if float(torch.linalg.vector_norm(res, dim=0).max()) <= target:
+                    return v
+            if k + b > kmax:
+                return None
+            if last is not None and k >= 4 * b:
+                rate = (math.log(max(est, target)) - math.log(last[1])) / (k - last[0])
+                if rate >= 0 or k + math.log(target / est) / rate > kmax:
+                    return None
+            last = (k, max(est, target))
+        basis[:, k:k + b] = q
+        abasis[:, k:k + b] = a @ q
+        k += b
 
 
 def _top_eigvecs(c: Tensor, rank: int) -> Tensor:
@@ -172,7 +268,7 @@ def _top_eigvecs(c: Tensor, rank: int) -> Tensor:
     return torch.linalg.eigh(c).eigenvectors[:, -rank:].flip(1)
 
 
-def solve_from_gram(g: EditGram, *, rank: int, gamma: float, lam: float, method: str = "gram",
+def solve_from_gram(g: EditGram, *, rank: int, gamma: float, lam: float, method: str = "auto",
                     dtype: torch.dtype = _F64) -> Tensor:
     """The rank-r minimiser dW* [d_in, m] of eq. 4-8 (Theorem 4.1) from the Gram form."""
     a, b = low_rank_factors(g, rank=rank, gamma=gamma, lam=lam, method=method)

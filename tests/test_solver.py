@@ -61,7 +61,7 @@ def test_gram_and_svd_methods_agree_for_tall_and_wide_problems(d, m):
         torch.testing.assert_close(a1, a2, rtol=1e-8, atol=1e-10)
         torch.testing.assert_close(b1, b2, rtol=1e-8, atol=1e-10)
         torch.testing.assert_close(b1 @ b1.T, torch.eye(rank, dtype=F64), rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match='method must be "gram" or "svd"'):
+    with pytest.raises(ValueError, match='method must be "auto", "gram" or "svd"'):
         solver.low_rank_factors(g, rank=1, method="qr", **KW)
 
 
@@ -83,6 +83,76 @@ def test_partial_eigh_fast_path_matches_the_full_svd(case):
         j_fast, j_exact = solver.objective(fast, g, **kw), solver.objective(exact, g, **kw)
         assert abs(j_fast - j_exact) <= 1e-10 * abs(j_exact)
         assert float(torch.linalg.norm(fast - exact) / torch.linalg.norm(exact)) < 1e-7
+
+
+def decaying_problem(seed, d=480, m=320, n_h=600, n_s=300, decay=0.6, noise=1e-3, scales=None):
+    """D = X_low W + noise with W's singular values decay**i: the whitened R M then has a
+    decaying spectrum, as an edit with a few dominant gap directions would."""
+    g = torch.Generator().manual_seed(seed)
+    x_low = torch.randn(n_h, d, generator=g, dtype=F64)
+    if scales is not None:
+        x_low = x_low * torch.as_tensor(scales, dtype=F64)
+    k = min(d, m)
+    u = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=F64)).Q
+    v = torch.linalg.qr(torch.randn(m, k, generator=g, dtype=F64)).Q
+    w = (u * decay ** torch.arange(k, dtype=F64)) @ v.T
+    d_gap = x_low @ w + noise * torch.randn(n_h, m, generator=g, dtype=F64)
+    return x_low, d_gap, torch.randn(n_s, d, generator=g, dtype=F64)
+
+
+def whitened(g, kw):
+    chol = solver._cholesky(g, kw["gamma"], kw["lam"])
+    return torch.linalg.solve_triangular(chol, g.xtd, upper=False)
+
+
+@pytest.mark.parametrize("case", ["random", "ill_conditioned", "wide"])
+def test_lanczos_path_matches_the_full_svd(case):
+    # the default ("auto") takes block Lanczos here (asserted); "svd" is the exact reference
+    kw = dict(gamma=0.3, lam=1e-6)
+    if case == "random":
+        x_low, d_gap, x_safe = decaying_problem(21)
+    elif case == "ill_conditioned":  # X_low columns over 6 decades: cond(Q) ~ 1e12
+        x_low, d_gap, x_safe = decaying_problem(22, scales=torch.logspace(3, -3, 480).tolist())
+    else:  # m > d: Lanczos on R M^T, the left singular vectors of R M
+        x_low, d_gap, x_safe = decaying_problem(23, d=320, m=480)
+    g = build_gram(x_low, d_gap, x_safe)
+    rm = whitened(g, kw)
+    side = rm if g.m <= g.d_in else rm.T
+    for rank in (1, 4, 8, 12):
+        vecs = solver._top_right_singular(side, rank)
+        assert vecs is not None, f"Lanczos gave up at rank {rank}"
+        a1, b1 = solver.low_rank_factors(g, rank=rank, **kw)
+        a2, b2 = solver.low_rank_factors(g, rank=rank, method="svd", **kw)
+        torch.testing.assert_close(b1, b2, rtol=0, atol=1e-9)
+        torch.testing.assert_close(a1, a2, rtol=1e-9, atol=1e-9 * float(a2.abs().max()))
+        torch.testing.assert_close(b1 @ b1.T, torch.eye(rank, dtype=F64), rtol=0, atol=1e-12)
+        j_fast = solver.objective(a1 @ b1, g, **kw)
+        j_exact = solver.objective(a2 @ b2, g, **kw)
+        assert abs(j_fast - j_exact) <= 1e-10 * abs(j_exact)
+
+
+def test_lanczos_gives_up_on_a_flat_spectrum_and_auto_falls_back_exactly():
+    x_low, d_gap, x_safe = problem(24, n_h=400, n_s=200, d=200, m=120)  # D pure noise
+    g = build_gram(x_low, d_gap, x_safe)
+    assert solver._top_right_singular(whitened(g, KW), 8) is None
+    auto = solver.solve_from_gram(g, rank=8, **KW)
+    assert torch.equal(auto, solver.solve_from_gram(g, rank=8, method="gram", **KW))
+    exact = solver.solve_from_gram(g, rank=8, method="svd", **KW)
+    j_auto, j_exact = solver.objective(auto, g, **KW), solver.objective(exact, g, **KW)
+    assert abs(j_auto - j_exact) <= 1e-10 * abs(j_exact)
+
+
+def test_lanczos_on_a_low_rank_matrix_and_its_determinism():
+    # rank(a) = 5 < block size 8: the Krylov space is invariant after one step
+    gen = torch.Generator().manual_seed(25)
+    a = torch.randn(300, 5, generator=gen, dtype=F64) @ torch.randn(5, 160, generator=gen, dtype=F64)
+    v = solver._top_right_singular(a, 3)
+    assert v is not None and v.shape == (160, 3)
+    ref = torch.linalg.svd(a, full_matrices=False).Vh[:3].T
+    torch.testing.assert_close((v * ref).sum(0).abs(), torch.ones(3, dtype=F64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(v.T @ v, torch.eye(3, dtype=F64), rtol=0, atol=1e-12)
+    assert torch.equal(v, solver._top_right_singular(a, 3))
+    assert solver._top_right_singular(a[:, :40], 3) is None  # too small to beat the Gram path
 
 
 def test_top_eigvecs_are_the_leading_eigenvectors_in_order():
