@@ -200,7 +200,8 @@ def collect_stats(model, tokenizer, anchors: Anchors, cfg: EditConfig, layers: S
     """Statistics of every candidate layer, streamed in float64 (see the module docstring).
 
     cfg.stats_pass="separate": one collector per prompt group (English harmful prompts twice);
-    "fused": one `probe.collect_fused` pass, every prompt read once. With `validation_pairs`
+    "fused": one `probe.collect_fused` pass, every prompt read once (the fit pairs' Gram also keeps
+    X_en^T X_en, for :func:`pair_gap_energy`). With `validation_pairs`
     the validation target-language harmful prompts and their English originals are streamed
     too (``_LayerStats.val``: X_low^T X_low, X_low^T X_en, X_en^T X_en).
     """
@@ -245,7 +246,7 @@ def collect_stats(model, tokenizer, anchors: Anchors, cfg: EditConfig, layers: S
     stats = probe.collect_fused(model, tokenizer, texts, layers, position=cfg.position,
                                 moments={"harm": ids(src_harm), "harmless": ids(src_safe)},
                                 grams={"safe": ids(conversations, with_response=True)}, pairs=pairs,
-                                with_yty=["val"] if validation_pairs else [], **kw)
+                                with_yty=["paired", "val"] if validation_pairs else ["paired"], **kw)
     return {layer: _LayerStats(st["harm"], st["harmless"], st["paired"], st["safe"], st.get("val"))
             for layer, st in stats.items()}
 
@@ -270,6 +271,19 @@ def predicted_gap_closed(model, edit: SparseEdit, st: _LayerStats) -> float:
         resid += float((dw * (xtx @ dw)).sum()) - 2.0 * float((dw * (xte @ w_s)).sum()) + d2
         gap += d2
     return 1.0 - resid / gap if gap > 0 else 0.0
+
+
+def pair_gap_energy(model, layer: int, st: _LayerStats, module: str = "gate") -> torch.Tensor:
+    """Per-neuron energy of the fit pairs' pre-activation gap, ||(X_en - X_low) w_j||^2 / N, [d_ff]
+    float64: how far each neuron's input sits from English on the target-language harmful
+    prompts (the rows of D over all neurons). Needs the fused statistics (X_en^T X_en kept)."""
+    g = st.paired
+    if g.yty is None:
+        raise ValueError("the pair statistics hold no X_en^T X_en: collect them with stats_pass='fused'")
+    xtx, xty, yty = (t.cpu() for t in (g.xtx, g.xty, g.yty))
+    ete = yty - xty - xty.T + xtx
+    w = arch.neuron_weight(model, layer, module).detach().to(torch.float64).cpu()    # [d_ff, d_in]
+    return ((w @ ete) * w).sum(-1) / g.n
 
 
 def edit_gram(model, layer: int, module: str, idx: torch.Tensor, st: _LayerStats) -> solver.EditGram:

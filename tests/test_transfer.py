@@ -138,10 +138,22 @@ def test_fused_statistics_pass_equals_the_separate_passes():
             ga, gb = getattr(a, name), getattr(b, name)
             assert ga.n == gb.n > 0
             for t in ("xtx", "xty", "yty"):
-                if getattr(ga, t) is None:
-                    assert getattr(gb, t) is None
+                if getattr(ga, t) is None:   # fused keeps the fit pairs' X_en^T X_en too (pair_gap_energy)
+                    assert (getattr(gb, t) is not None) == (name == "paired" and t == "yty")
                 else:
                     torch.testing.assert_close(getattr(ga, t), getattr(gb, t), **close)
+        # the fused pairs' X_en^T X_en equals a separate pass over the English originals alone
+        low, src = transfer._pairs(anchors.fit_harmful, "en", ["th", "bn"])
+        en = probe.collect(model, tok, transfer.chat_texts(tok, src), [layer], what=("mlp_inputs",))
+        torch.testing.assert_close(b.paired.yty, en[layer]["mlp_inputs"].xtx, **close)
+        energy = transfer.pair_gap_energy(model, layer, b)
+        w = arch.neuron_weight(model, layer, "gate").detach().double()
+        g = b.paired
+        direct = torch.stack([wj @ (en[layer]["mlp_inputs"].xtx - g.xty - g.xty.T + g.xtx) @ wj for wj in w]) / g.n
+        torch.testing.assert_close(energy, direct, **close)
+        assert (energy >= -1e-9).all() and energy.max() > 0
+    with pytest.raises(ValueError, match="fused"):
+        transfer.pair_gap_energy(model, 0, out["separate"][0])
 
 
 def test_predicted_gap_closed_equals_the_gap_the_edited_model_closes(tiny_lm):

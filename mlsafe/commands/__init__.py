@@ -15,7 +15,9 @@ import argparse
 COMMANDS: dict[str, str] = {
     "reproduce": "mlsafe.commands.reproduce",
     "ablate": "mlsafe.commands.ablate",
+    "baselines": "mlsafe.commands.baselines",
     "diagnose": "mlsafe.commands.diagnose",
+    "ceiling": "mlsafe.commands.ceiling",
     "edit": "mlsafe.commands.edit",
     "apply": "mlsafe.commands.apply",
     "audit": "mlsafe.commands.audit",

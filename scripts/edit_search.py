@@ -1,0 +1,147 @@
+"""Issue 13's lead-by-lead search for a real model, on anchors and validation anchors only.
+
+One fused statistics pass over the fit anchors at every candidate layer; then, each on the
+same validation anchors (transfer.split_anchors, the split the edit's layer choice uses):
+
+1. per layer, the paper's edit (S = S_mag | S_stat, gate+up, rank 8): the closed-form
+   predicted gap closure (what the project's "predicted" ranking used) and the measured
+   validation margin gains (target harmful, harmless, English harmful) and score;
+2. one factor at a time at the best-scoring layers: |S| by top-k Cohen's d, rank, gamma,
+   modules (gate only / up only), the target-language -> English shift measured on harmless
+   parallel pairs is not re-fitted here (see the chapter);
+3. multi-layer edits: the top layers' edits applied together (each from unedited statistics).
+
+Writes results/<model>/search/search.json (every trial) atomically; prints a table.
+Usage: python scripts/edit_search.py qwen2.5-coder-0.5b --data /work/shared/data [--layers 12-22]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from mlsafe import neurons, transfer
+from mlsafe.evaluate.kl import first_token_kl
+from mlsafe.models import load_model
+from mlsafe.results import write_json
+from mlsafe.suites import make_suite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_range(text: str) -> list[int]:
+    if "-" in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(v) for v in text.split(",")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--data", default="auto")
+    ap.add_argument("--lang", default="zh,ja,th")
+    ap.add_argument("--layers", default="1-22", help="candidate layers for step 1")
+    ap.add_argument("--top", type=int, default=3, help="layers kept for steps 2-3")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    torch.manual_seed(args.seed)
+    lm = load_model(args.model, "cpu", seed=args.seed)
+    suite = make_suite(lm, args.data, args.seed, "cpu")
+    from mlsafe.pipeline import margin_fn
+
+    margin = margin_fn(suite, lm.tokenizer)
+    layers = parse_range(args.layers)
+    cfg = transfer.EditConfig(targets=args.lang.split(","), seed=args.seed, stats_pass="fused",
+                              candidate_layers=layers, layer_selection="predicted")
+    anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, cfg.val_fraction, cfg.seed)
+    print(f"anchors: fit harmful {len(anchors.fit_harmful)}, harmless {len(anchors.fit_harmless)}; "
+          f"val harmful {len(anchors.val_harmful)}, harmless {len(anchors.val_harmless)}", flush=True)
+    t1 = time.perf_counter()
+    stats = transfer.collect_stats(lm.model, lm.tokenizer, anchors, cfg, layers, progress=True,
+                                   validation_pairs=True)
+    stats_s = time.perf_counter() - t1
+    before = transfer.validation_margins(lm.model, anchors, cfg, margin)
+    print(f"validation margins before: target {before[0]:+.3f} harmless {before[1]:+.3f} source {before[2]:+.3f}",
+          flush=True)
+    trials = []
+    val_harmless = list(anchors.val_harmless)
+
+    def score(edits, **info):
+        t = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            for e in edits:
+                stack.enter_context(e.applied(lm.model))
+            after = transfer.validation_margins(lm.model, anchors, cfg, margin)
+        gain_h, gain_s, gain_src = (a - b for a, b in zip(after, before))
+        row = {**info, "val_gain_harmful": gain_h, "val_gain_harmless": gain_s, "val_gain_source": gain_src,
+               "score": gain_h - max(gain_s, 0.0) - max(-gain_src, 0.0),
+               "n_neurons": sum(int(e.neurons.numel()) for e in edits),
+               "fraction_of_parameters": sum(e.fraction_of_parameters(lm.model) for e in edits),
+               "seconds": time.perf_counter() - t}
+        if len(edits) == 1:
+            row["first_token_kl"] = first_token_kl(lm.model, lm.tokenizer, val_harmless, edits[0])
+        trials.append(row)
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                          if k != "first_token_kl"}), flush=True)
+        return row
+
+    base_edits = {}
+    d_ff = None
+    for layer in layers:   # step 1: per layer, the paper's S and every neuron of the layer
+        st = stats[layer]
+        sets = neurons.safety_neurons_from_moments(st.acts_harm, st.acts_safe, tau_mag=cfg.tau_mag,
+                                                   tau_stat=cfg.tau_stat)
+        d_ff = sets.cohens_d.numel()
+        if sets.s_safety.numel():
+            edit = transfer.build_edit(lm.model, layer, sets.s_safety, st, cfg)
+            base_edits[(layer, "paper")] = edit
+            score([edit], step="layer", neurons="paper", layer=layer,
+                  predicted_gap_closed=transfer.predicted_gap_closed(lm.model, edit, st))
+        edit = transfer.build_edit(lm.model, layer, torch.arange(d_ff), st, cfg)
+        base_edits[(layer, "all")] = edit
+        score([edit], step="layer", neurons="all", layer=layer)
+    ranked = sorted((r for r in trials if r["step"] == "layer"), key=lambda r: -r["score"])
+    top = []
+    for r in ranked:
+        if r["layer"] not in [t[0] for t in top]:
+            top.append((r["layer"], r["neurons"]))
+    top = top[:args.top]
+    for layer, kind in top:      # step 2: one factor at a time at the best layers
+        st = stats[layer]
+        fp = base_edits[(layer, kind)].base_fingerprint
+        energy = transfer.pair_gap_energy(lm.model, layer, st)
+        for k in (256, 1024, 2048):
+            idx = energy.topk(k).indices.sort().values
+            score([transfer.build_edit(lm.model, layer, idx, st, cfg, base_fingerprint=fp)],
+                  step="gap_topk", neurons=f"gap{k}", layer=layer, k=k)
+        idx = base_edits[(layer, kind)].neurons
+        for name, kw in (("rank", {"rank": 32}), ("rank", {"rank": 2}), ("gamma", {"gamma": 0.1}),
+                         ("gamma", {"gamma": 10.0}), ("modules", {"modules": ("gate",)}),
+                         ("modules", {"modules": ("up",)})):
+            c2 = transfer.EditConfig(**{**cfg.__dict__, **kw})
+            score([transfer.build_edit(lm.model, layer, idx, st, c2, base_fingerprint=fp)],
+                  step=name, neurons=kind, layer=layer,
+                  **{k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()})
+    for n in range(2, len(top) + 1):   # step 3: several layers together (each from unedited statistics)
+        score([base_edits[t] for t in top[:n]], step="multi_layer", layers=[t[0] for t in top[:n]],
+              neurons=[t[1] for t in top[:n]])
+    out = Path(args.out) if args.out else ROOT / "results" / args.model / "search"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "search.json", {"model": args.model, "targets": cfg.targets, "layers": layers,
+                                     "before": dict(zip(("target", "harmless", "source"), before)),
+                                     "n_val": {"harmful": len(anchors.val_harmful), "harmless": len(val_harmless)},
+                                     "stats_seconds": stats_s, "seconds": time.perf_counter() - t0,
+                                     "trials": trials})
+    print(f"wrote {out / 'search.json'} ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
