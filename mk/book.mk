@@ -4,10 +4,13 @@
 # Included by the main Makefile, which defines PY (the venv python), VENV_STAMP (the
 # prerequisite that builds the venv) and TARGET_LANG (from `make ... LANG=th`; the
 # locale variable LANG itself is reset for recipes). Targets defined here:
-#   notebooks      execute every notebooks/*.md into book/chapters/ with papermill
+#   notebooks      execute every notebooks/*.md with papermill (into book/chapters/ for the
+#                  book's models, else into _build/<model>/chapters/; see BOOK_MODEL below)
 #   notebook-NAME  execute one notebook (notebooks/NAME.md)
 #   book           jupyter-book build --all -W -n --keep-going (renders the committed copies;
-#                  no network; --all so that warnings of unchanged pages count too)
+#                  no network; --all so that warnings of unchanged pages count too); for a
+#                  model that is not the book's, a copy of the book with that model's
+#                  chapters, built into _build/<model>/_build/html
 #   nbval          pytest --nbval on the executed notebooks
 #   browser-check  build the book, then headless Chromium over every page of _build/html
 #                  (installs Debian's chromium when missing and root; screenshots: _build/screenshots)
@@ -19,7 +22,6 @@
 BOOK_MK_ROOT  := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))/..)
 BOOK_SOURCES  := $(wildcard notebooks/*.md)
 CHAPTERS_DIR  := book/chapters
-BOOK_HTML     := _build/html
 SCREENSHOTS   := _build/screenshots
 VENV_BIN      := $(dir $(PY))
 # The kernel papermill and nbval start (`-k python3`) is the venv's own spec (setup
@@ -34,6 +36,25 @@ TARGET_LANG ?= th
 MODEL  ?= organism
 DEVICE ?= cpu
 SEED   ?= 0
+# The book's models: the committed book/chapters show BOOK_MODEL's results, except the
+# chapters that name their own model (BOOK_MODEL_<chapter>, with the MODEL override below).
+# RUN_MODEL is the MODEL this make was asked for (read before any per-chapter override).
+# A chapter executes into book/chapters when RUN_MODEL is BOOK_MODEL (the default run
+# rebuilds the whole book) or that chapter's own model; for any other model it goes to
+# _build/<model slug>/chapters and `book` builds that model's site under _build/<slug>/,
+# so a run on one's own model never touches the committed book.
+BOOK_MODEL := organism
+BOOK_MODEL_08_gemma := gemma-270m
+BOOK_MODEL_09_real_model := qwen2.5-coder-0.5b
+BOOK_MODEL_10_own_model := qwen2.5-coder-0.5b
+RUN_MODEL := $(MODEL)
+BOOK_RUN := $(filter $(RUN_MODEL),$(BOOK_MODEL) $(BOOK_MODEL_08_gemma) $(BOOK_MODEL_09_real_model) $(BOOK_MODEL_10_own_model))
+# results/<slug> naming (mlsafe.results.model_slug); expanded only in recipes, after the venv exists
+RUN_SLUG = $(shell $(PY) -c 'import sys; from mlsafe.results import model_slug; print(model_slug(sys.argv[1]))' '$(RUN_MODEL)')
+chapter_dir = $(if $(filter $(RUN_MODEL),$(BOOK_MODEL) $(BOOK_MODEL_$(1))),$(CHAPTERS_DIR),_build/$(RUN_SLUG)/chapters)
+BOOK_STAGE = _build/$(RUN_SLUG)/src
+BOOK_HTML = $(if $(BOOK_RUN),_build/html,_build/$(RUN_SLUG)/_build/html)
+
 PAPERMILL_PARAMS = -r LANG $(TARGET_LANG) -r MODEL $(MODEL) -r DEVICE $(DEVICE) -p SEED $(SEED) \
 	$(if $(RANK),-p RANK $(RANK)) $(if $(SPARSITY),-p SPARSITY $(SPARSITY))
 
@@ -52,15 +73,29 @@ notebook-08_gemma: override MODEL = gemma-270m
 # Chapter 9 is about the packaged Qwen instruct model and its one edit for all languages.
 notebook-09_real_model: override MODEL = qwen2.5-coder-0.5b
 notebook-09_real_model: override TARGET_LANG = all
+# Chapter 10 runs the CLI on tiny models and shows the commands' committed Qwen numbers.
+notebook-10_own_model: override MODEL = qwen2.5-coder-0.5b
+notebook-10_own_model: override TARGET_LANG = ja
 
 notebook-%: notebooks/%.md $(VENV_STAMP)
-	@mkdir -p $(CHAPTERS_DIR) _build/notebooks
+	@mkdir -p $(call chapter_dir,$*) _build/notebooks
 	$(BOOK_ENV) $(VENV_BIN)jupytext --to ipynb --output _build/notebooks/$*.ipynb $<
-	$(BOOK_ENV) $(VENV_BIN)papermill _build/notebooks/$*.ipynb $(CHAPTERS_DIR)/$*.ipynb -k python3 \
-	  --cwd $(CHAPTERS_DIR) --no-progress-bar $(PAPERMILL_PARAMS)
+	$(BOOK_ENV) $(VENV_BIN)papermill _build/notebooks/$*.ipynb $(call chapter_dir,$*)/$*.ipynb -k python3 \
+	  --cwd $(call chapter_dir,$*) --no-progress-bar $(PAPERMILL_PARAMS)
 
+ifneq ($(BOOK_RUN),)
 book: $(VENV_STAMP)
 	$(BOOK_ENV) $(VENV_BIN)jupyter-book build --all -W -n --keep-going --path-output . .
+else
+# Another model's site: the book's sources copied to $(BOOK_STAGE), that model's executed
+# chapters (from `make notebooks MODEL=...`) in place of the committed ones.
+book: $(VENV_STAMP)
+	rm -rf $(BOOK_STAGE) && mkdir -p $(BOOK_STAGE)
+	cp -r _config.yml _toc.yml book $(BOOK_STAGE)/
+	if [ -d _build/$(RUN_SLUG)/chapters ]; then cp _build/$(RUN_SLUG)/chapters/*.ipynb $(BOOK_STAGE)/book/chapters/; fi
+	$(BOOK_ENV) $(VENV_BIN)jupyter-book build --all -W -n --keep-going --path-output _build/$(RUN_SLUG) $(BOOK_STAGE)
+	@echo "[make] $(RUN_MODEL)'s book: $(BOOK_HTML)/index.html (book/chapters left as it is)"
+endif
 
 nbval: $(VENV_STAMP)
 	$(BOOK_ENV) $(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
