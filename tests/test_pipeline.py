@@ -68,6 +68,14 @@ def test_cli_rejects_an_unknown_language(capsys):
     assert "unknown target language" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_baselines_rejects_bad_options_before_loading(capsys):
+    assert main(["baselines", "--lang", "th", "--only", "cost", "speed"]) == 2
+    assert "unknown stage(s) ['speed']" in capsys.readouterr().err
+    assert main(["baselines", "--lang", "th", "--max-steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-steps must be an integer >= 1" in err and len(err.strip().splitlines()) == 1
+
+
 def test_cli_rejects_an_unknown_ablation(capsys):
     assert main(["ablate", "--lang", "th", "--only", "depth"]) == 2
     assert "unknown ablation(s) ['depth']" in capsys.readouterr().err

@@ -17,7 +17,10 @@ held-out eval set as the paper's edit:
   sft             LoRA fine-tuning on translated refusals (finetune.py; stand-in for MPO)
   sft+edit        the edit fitted on the fine-tuned model, both applied
 
-The re-solved variants (ridge_gamma0 ... probe_neurons) reuse the edit's chosen layer and its
+Each method is a small function over one shared `Baselines` state (the pipeline's Context:
+model, suite, config, anchors, the fitted edit and its statistics), registered with
+`register_baseline(name)`; METHODS is the registry's order. The re-solved variants
+(ridge_gamma0 ... probe_neurons) reuse the edit's chosen layer and its
 streamed statistics (`FitReport.stats`): no new forward passes beyond the probe's.
 
 `baselines.csv` is long format, one row per (method, lang): method, lang, asr, utility,
@@ -36,37 +39,25 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from mlsafe import arch, neurons, pipeline, probe, transfer
-from mlsafe import evaluate as ev
+from mlsafe import arch, neurons, probe, transfer
 import mlsafe.baselines.cost as cost
 import mlsafe.baselines.direction as direction
 import mlsafe.baselines.finetune as finetune
-from mlsafe.langs import LANGS, parse_targets
+from mlsafe.controls import random_control_sets
+from mlsafe.langs import parse_targets
+from mlsafe.pipeline import METRICS, Context, Suite, lang_metrics  # noqa: F401  (lang_metrics: importable here)
 from mlsafe.results import write_atomic
 
-METHODS = ("none", "edit", "ridge_gamma0", "naive_rank", "nullspace", "random_neurons", "probe_neurons",
-           "actadd_target", "actadd_all", "orthogonalise", "sft", "sft+edit")
 COLUMNS = ("method", "lang", "asr", "utility", "over_refusal", "margin", "fraction_of_parameters",
            "seconds", "flops", "note")
-METRICS = ("asr", "utility", "over_refusal", "margin")
 NULLSPACE_THRESHOLDS = (1e-3, 1e-2, 1e-1)
-
-
-def lang_metrics(lm, suite: pipeline.Suite, langs: Sequence[str] = LANGS) -> dict[str, dict[str, float]]:
-    """{lang: {asr, utility, over_refusal, margin}} from `pipeline.evaluate` (greedy + judge)."""
-    e = pipeline.evaluate(lm, suite, langs=langs, progress=False)
-    asr, _ = ev.summary_blocks(e.table)
-    margin = ev.mean_by_lang([p for p in suite.eval_harmful if p.lang in langs], e.margins)
-    nan = float("nan")
-    return {lang: {"asr": asr.get(lang, nan), "utility": e.utility.get(lang, nan),
-                   "over_refusal": e.over_refusal.get(lang, nan), "margin": margin.get(lang, nan)}
-            for lang in langs if lang in asr or lang in e.utility}
 
 
 def mean_metrics(draws: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -115,9 +106,17 @@ def _activations(model, tok, prompts, layer: int, batch_size: int = 16) -> torch
     return torch.cat(rows)
 
 
-class _Rows:
-    def __init__(self):
-        self.rows: list[dict] = []
+@dataclass
+class Baselines:
+    """The shared state of one `run_baselines` call: the Context (model, suite, config, anchors,
+    fitted edit and its report), the rows and meta written so far, the options, and the costs
+    every re-solved variant adds to (the edit's statistics collection and one solve)."""
+
+    ctx: Context
+    sft: finetune.SFTConfig | None = None
+    n_random: int = 3
+    rows: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
 
     def add(self, method: str, metrics: dict, frac: float, seconds: float, flops: float, note: str = "") -> None:
         for lang, m in metrics.items():
@@ -127,153 +126,256 @@ class _Rows:
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=list(COLUMNS))
 
+    @property
+    def m(self) -> int:
+        return int(self.ctx.edit.neurons.numel())
 
-def _solve_variant(lm, suite, report, cfg, idx, **changes):
-    """Re-solve at the edit's layer (its statistics) for another neuron set / solver; evaluate."""
-    t0 = time.perf_counter()
-    edit = transfer.build_edit(lm.model, report.layer, idx, report.stats, dataclasses.replace(cfg, **changes))
-    solve_s = time.perf_counter() - t0
-    with edit.applied(lm.model):
-        metrics = lang_metrics(lm, suite)
-    return metrics, edit, solve_s
+    @property
+    def at(self) -> str:
+        return f"layer {self.ctx.report.layer}, |S|={self.m}"
+
+    @property
+    def base_seconds(self) -> float:
+        return self.ctx.report.collect_seconds
+
+    @property
+    def base_flops(self) -> float:
+        c = self.ctx
+        return collect_flops(c.model, c.tokenizer, c.anchors, c.cfg, len(c.report.candidates))
+
+    @property
+    def solve_flops(self) -> float:
+        d, m = arch.d_model(self.ctx.model), self.m
+        return len(self.ctx.cfg.modules) * cost.solve_flops(d, m, min(self.ctx.cfg.rank, d, m))
+
+    def base_metrics(self) -> dict:
+        """The unedited model's metrics (evaluated once)."""
+        return self.ctx.once("base", self.ctx.metrics)
+
+    def solve_variant(self, idx, **changes):
+        """Re-solve at the edit's layer (its statistics) for another neuron set / solver; evaluate."""
+        c = self.ctx
+        t0 = time.perf_counter()
+        edit = transfer.build_edit(c.model, c.report.layer, idx, c.report.stats, dataclasses.replace(c.cfg, **changes))
+        solve_s = time.perf_counter() - t0
+        with edit.applied(c.model):
+            metrics = c.metrics()
+        return metrics, edit, solve_s
 
 
-def run_baselines(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed: int = 0,
-                  out_dir: Path | None = None, *, methods: Sequence[str] = METHODS, n_random: int = 3,
-                  sft: finetune.SFTConfig | None = None, progress: bool = False) -> pd.DataFrame:
-    """Every method in `methods` (module docstring) -> long DataFrame; writes out_dir/baselines.csv
-    (and baselines_meta.json: chosen layers, ActAdd grid, SFT losses) when out_dir is given."""
-    targets = parse_targets(targets)
-    cfg, margin, anchors = pipeline.experiment_setup(lm, suite, targets, seed, chosen=methods, known=METHODS,
-                                                    what="methods")
-    model, tok = lm.model, lm.tokenizer
-    n_par = cost.matmul_params(model)
-    d = arch.d_model(model)
-    out, meta = _Rows(), {"targets": targets, "seed": seed}
+#: method name -> function(b: Baselines) that adds the method's rows; filled by
+#: `register_baseline`, run in this order (= the order of METHODS and of baselines.csv).
+BASELINES: dict[str, Callable[[Baselines], None]] = {}
 
-    base = lang_metrics(lm, suite)
-    if "none" in methods:
-        out.add("none", base, 0.0, 0.0, 0.0)
 
-    t0 = time.perf_counter()
-    edit, report = transfer.fit(model, tok, suite.anchors_harmful, suite.anchors_harmless, cfg, margin=margin,
-                                progress=progress)
-    edit_s = time.perf_counter() - t0
-    m = int(edit.neurons.numel())
-    meta["edit"] = {"layer": report.layer, "n_neurons": m, "rank": cfg.rank, "gamma": cfg.gamma, "lam": cfg.lam,
-                    "seconds": edit_s, "flops": edit_flops(model, tok, anchors, cfg, report)}
-    base_s = report.collect_seconds
-    base_f = collect_flops(model, tok, anchors, cfg, len(report.candidates))
-    solve_f = len(cfg.modules) * cost.solve_flops(d, m, min(cfg.rank, d, m))
-    at = f"layer {report.layer}, |S|={m}"
-    if "edit" in methods:
-        with edit.applied(model):
-            out.add("edit", lang_metrics(lm, suite), edit.fraction_of_parameters(model), edit_s,
-                    meta["edit"]["flops"], f"{at}, rank {cfg.rank}")
+def register_baseline(name: str):
+    """Decorator: register `fn(b: Baselines)` as the baseline `name` (once)."""
+    def deco(fn):
+        if name in BASELINES:
+            raise ValueError(f"baseline {name!r} is already registered")
+        BASELINES[name] = fn
+        return fn
+    return deco
 
-    variants = {"ridge_gamma0": dict(solver="ridge", gamma=0.0), "naive_rank": dict(solver="naive")}
-    for name, changes in variants.items():
-        if name in methods:
-            metrics, e, s = _solve_variant(lm, suite, report, cfg, edit.neurons, **changes)
-            out.add(name, metrics, e.fraction_of_parameters(model), base_s + s, base_f + solve_f,
-                    f"{at}, {changes}")
 
-    if "nullspace" in methods:
-        for thr in NULLSPACE_THRESHOLDS:
-            try:
-                metrics, e, s = _solve_variant(lm, suite, report, cfg, edit.neurons, solver="nullspace",
-                                               nullspace_threshold=thr)
-            except ValueError as err:
-                note = f"no null space at threshold {thr}: {err}"
-                continue
-            out.add("nullspace", metrics, e.fraction_of_parameters(model), base_s + s,
-                    base_f + solve_f + len(cfg.modules) * 9.0 * d ** 3, f"{at}, threshold {thr} (relative)")
-            break
-        else:
-            meta["nullspace_error"] = note
+@register_baseline("none")
+def _none(b: Baselines) -> None:
+    b.add("none", b.base_metrics(), 0.0, 0.0, 0.0)
 
-    if "random_neurons" in methods and n_random > 0:
-        draws, secs = [], []
-        for k in range(n_random):
-            idx = neurons.random_like(edit.neurons, arch.d_ff(model), torch.Generator().manual_seed(10_000 * seed + k))
-            metrics, e, s = _solve_variant(lm, suite, report, cfg, idx)
-            draws.append(metrics)
-            secs.append(s)
-        out.add("random_neurons", mean_metrics(draws), e.fraction_of_parameters(model), base_s + statistics.fmean(secs),
-                base_f + solve_f, f"{at}, mean of {n_random} random sets")
 
-    if "probe_neurons" in methods:
+@register_baseline("edit")
+def _edit(b: Baselines) -> None:
+    c = b.ctx
+    with c.edit.applied(c.model):
+        b.add("edit", c.metrics(), c.edit.fraction_of_parameters(c.model), c.fit_seconds,
+              b.meta["edit"]["flops"], f"{b.at}, rank {c.cfg.rank}")
+
+
+def _resolved(name: str, **changes) -> None:
+    """Register a variant re-solved on the edit's own neurons with other solver settings."""
+    @register_baseline(name)
+    def run(b: Baselines) -> None:
+        metrics, e, s = b.solve_variant(b.ctx.edit.neurons, **changes)
+        b.add(name, metrics, e.fraction_of_parameters(b.ctx.model), b.base_seconds + s,
+              b.base_flops + b.solve_flops, f"{b.at}, {changes}")
+
+
+_resolved("ridge_gamma0", solver="ridge", gamma=0.0)
+_resolved("naive_rank", solver="naive")
+
+
+@register_baseline("nullspace")
+def _nullspace(b: Baselines) -> None:
+    d = arch.d_model(b.ctx.model)
+    for thr in NULLSPACE_THRESHOLDS:
+        try:
+            metrics, e, s = b.solve_variant(b.ctx.edit.neurons, solver="nullspace", nullspace_threshold=thr)
+        except ValueError as err:
+            note = f"no null space at threshold {thr}: {err}"
+            continue
+        b.add("nullspace", metrics, e.fraction_of_parameters(b.ctx.model), b.base_seconds + s,
+              b.base_flops + b.solve_flops + len(b.ctx.cfg.modules) * 9.0 * d ** 3,
+              f"{b.at}, threshold {thr} (relative)")
+        return
+    b.meta["nullspace_error"] = note
+
+
+@register_baseline("random_neurons")
+def _random_neurons(b: Baselines) -> None:
+    c = b.ctx
+    if b.n_random <= 0:
+        return
+    draws, secs = [], []
+    for idx in random_control_sets(c.edit.neurons, arch.d_ff(c.model), c.seed, b.n_random, disjoint=False):
+        metrics, e, s = b.solve_variant(idx)
+        draws.append(metrics)
+        secs.append(s)
+    b.add("random_neurons", mean_metrics(draws), e.fraction_of_parameters(c.model),
+          b.base_seconds + statistics.fmean(secs), b.base_flops + b.solve_flops,
+          f"{b.at}, mean of {b.n_random} random sets")
+
+
+@register_baseline("probe_neurons")
+def _probe_neurons(b: Baselines) -> None:
+    c = b.ctx
+    model, tok, layer = c.model, c.tokenizer, c.report.layer
+    t1 = time.perf_counter()
+    src_h = [p for p in c.anchors.fit_harmful if p.lang == c.cfg.source]
+    src_s = [p for p in c.anchors.fit_harmless if p.lang == c.cfg.source]
+    idx, _ = neurons.probe_neurons(_activations(model, tok, src_h, layer), _activations(model, tok, src_s, layer), b.m)
+    probe_s = time.perf_counter() - t1
+    metrics, e, s = b.solve_variant(idx)
+    overlap = neurons.jaccard(idx, c.edit.neurons)
+    b.add("probe_neurons", metrics, e.fraction_of_parameters(model), b.base_seconds + probe_s + s,
+          b.base_flops + b.solve_flops + cost.forward_flops(cost.matmul_params(model), _tokens(tok, src_h + src_s)),
+          f"{b.at}, top-{b.m} logistic-probe neurons, Jaccard with S = {overlap:.2f}")
+
+
+def _direction(b: Baselines) -> tuple:
+    """The English refusal direction (direction.fit_direction), fitted once: (fitd, seconds,
+    flops, note); meta["direction"] records it."""
+    def make():
+        c = b.ctx
         t1 = time.perf_counter()
-        src_h = [p for p in anchors.fit_harmful if p.lang == cfg.source]
-        src_s = [p for p in anchors.fit_harmless if p.lang == cfg.source]
-        idx, _ = neurons.probe_neurons(_activations(model, tok, src_h, report.layer),
-                                       _activations(model, tok, src_s, report.layer), m)
-        probe_s = time.perf_counter() - t1
-        metrics, e, s = _solve_variant(lm, suite, report, cfg, idx)
-        overlap = neurons.jaccard(idx, edit.neurons)
-        out.add("probe_neurons", metrics, e.fraction_of_parameters(model), base_s + probe_s + s,
-                base_f + solve_f + cost.forward_flops(n_par, _tokens(tok, src_h + src_s)),
-                f"{at}, top-{m} logistic-probe neurons, Jaccard with S = {overlap:.2f}")
-
-    if {"actadd_target", "actadd_all", "orthogonalise"} & set(methods):
-        t1 = time.perf_counter()
-        fitd = direction.fit_direction(model, tok, anchors, targets, margin)
+        fitd = direction.fit_direction(c.model, c.tokenizer, c.anchors, c.targets, c.margin)
         dir_s = time.perf_counter() - t1
-        dir_f = cost.forward_flops(n_par, fitd.forward_tokens)
-        meta["direction"] = {"layer": fitd.layer, "alpha": fitd.alpha, "norm": float(fitd.direction.norm()),
-                             "seconds": dir_s, "grid": fitd.candidates}
+        dir_f = cost.forward_flops(cost.matmul_params(c.model), fitd.forward_tokens)
+        b.meta["direction"] = {"layer": fitd.layer, "alpha": fitd.alpha, "norm": float(fitd.direction.norm()),
+                               "seconds": dir_s, "grid": fitd.candidates}
         note = f"layer {fitd.layer}, alpha {fitd.alpha:g} x |r| = {float(fitd.direction.norm()):.3g}"
-        if "actadd_target" in methods or "actadd_all" in methods:
-            with direction.actadd(model, fitd.layer, fitd.vector):
-                steered = lang_metrics(lm, suite)
-            if "actadd_target" in methods:
-                out.add("actadd_target", {x: steered[x] if x in targets else base[x] for x in steered}, 0.0,
-                        dir_s, dir_f, note + "; hook on target-language prompts only")
-            if "actadd_all" in methods:
-                out.add("actadd_all", steered, 0.0, dir_s, dir_f, note + "; hook on every prompt")
-        if "orthogonalise" in methods:
-            try:
-                writers = direction.residual_writers(model)
-            except ValueError as err:
-                meta["orthogonalise_error"] = str(err)
-            else:
-                with direction.orthogonalised(model, fitd.direction):
-                    metrics = lang_metrics(lm, suite)
-                frac = sum(w.numel() for w, _ in writers) / sum(p.numel() for p in model.parameters())
-                out.add("orthogonalise", metrics, frac, dir_s, dir_f,
-                        f"r of layer {fitd.layer} projected out of all residual writers (removes refusal)")
+        return fitd, dir_s, dir_f, note
+    return b.ctx.once("direction", make)
 
-    if "sft" in methods or "sft+edit" in methods:
-        scfg = sft or finetune.default_sft(lm.kind, seed)
-        trainer = finetune.train_sft(model, tok, anchors.fit_harmful, anchors.fit_harmless, targets, scfg,
-                                    source=cfg.source)
-        delta = trainer.delta()
-        sft_f = cost.train_flops(n_par, trainer.tokens)
-        meta["sft"] = {"config": dataclasses.asdict(scfg), "losses": trainer.losses, "seconds": trainer.seconds,
-                       "tokens": trainer.tokens, "trainable_parameters": trainer.trainable_parameters()}
-        sft_note = f"LoRA r={scfg.rank} on {'/'.join(scfg.modules)}, {scfg.steps} steps, lr {scfg.lr:g}"
-        with delta.applied(model):
-            if "sft" in methods:
-                out.add("sft", lang_metrics(lm, suite), delta.fraction_of_parameters(model), trainer.seconds,
-                        sft_f, sft_note)
-            if "sft+edit" in methods:
-                t1 = time.perf_counter()
-                edit2, report2 = transfer.fit(model, tok, suite.anchors_harmful, suite.anchors_harmless, cfg,
-                                              margin=margin)
-                fit2_s = time.perf_counter() - t1
-                with edit2.applied(model):
-                    metrics = lang_metrics(lm, suite)
-                inside = set(cfg.modules) <= set(scfg.modules) and (scfg.layers is None or report2.layer in scfg.layers)
-                frac = delta.fraction_of_parameters(model) + (0.0 if inside else edit2.fraction_of_parameters(model))
-                out.add("sft+edit", metrics, frac, trainer.seconds + fit2_s,
-                        sft_f + edit_flops(model, tok, anchors, cfg, report2),
-                        f"{sft_note}; edit at layer {report2.layer}, |S|={report2.n_neurons}")
 
-    df = out.frame()
+def _steered(b: Baselines) -> dict:
+    """The metrics with the ActAdd hook on every prompt (evaluated once)."""
+    def make():
+        fitd = _direction(b)[0]
+        with direction.actadd(b.ctx.model, fitd.layer, fitd.vector):
+            return b.ctx.metrics()
+    return b.ctx.once("steered", make)
+
+
+@register_baseline("actadd_target")
+def _actadd_target(b: Baselines) -> None:
+    _, dir_s, dir_f, note = _direction(b)
+    steered, base = _steered(b), b.base_metrics()
+    b.add("actadd_target", {x: steered[x] if x in b.ctx.targets else base[x] for x in steered}, 0.0,
+          dir_s, dir_f, note + "; hook on target-language prompts only")
+
+
+@register_baseline("actadd_all")
+def _actadd_all(b: Baselines) -> None:
+    _, dir_s, dir_f, note = _direction(b)
+    b.add("actadd_all", _steered(b), 0.0, dir_s, dir_f, note + "; hook on every prompt")
+
+
+@register_baseline("orthogonalise")
+def _orthogonalise(b: Baselines) -> None:
+    fitd, dir_s, dir_f, _ = _direction(b)
+    model = b.ctx.model
+    try:
+        writers = direction.residual_writers(model)
+    except ValueError as err:
+        b.meta["orthogonalise_error"] = str(err)
+        return
+    with direction.orthogonalised(model, fitd.direction):
+        metrics = b.ctx.metrics()
+    frac = sum(w.numel() for w, _ in writers) / sum(p.numel() for p in model.parameters())
+    b.add("orthogonalise", metrics, frac, dir_s, dir_f,
+          f"r of layer {fitd.layer} projected out of all residual writers (removes refusal)")
+
+
+def _sft(b: Baselines) -> tuple:
+    """The LoRA fine-tune on translated refusals, trained once: (scfg, trainer, delta, flops,
+    note); meta["sft"] records it."""
+    def make():
+        c = b.ctx
+        scfg = b.sft or finetune.default_sft(c.lm.kind, c.seed)
+        trainer = finetune.train_sft(c.model, c.tokenizer, c.anchors.fit_harmful, c.anchors.fit_harmless,
+                                     c.targets, scfg, source=c.cfg.source)
+        b.meta["sft"] = {"config": dataclasses.asdict(scfg), "losses": trainer.losses, "seconds": trainer.seconds,
+                         "tokens": trainer.tokens, "trainable_parameters": trainer.trainable_parameters()}
+        note = f"LoRA r={scfg.rank} on {'/'.join(scfg.modules)}, {scfg.steps} steps, lr {scfg.lr:g}"
+        return scfg, trainer, trainer.delta(), cost.train_flops(cost.matmul_params(c.model), trainer.tokens), note
+    return b.ctx.once("sft", make)
+
+
+@register_baseline("sft")
+def _sft_only(b: Baselines) -> None:
+    _, trainer, delta, sft_f, note = _sft(b)
+    with delta.applied(b.ctx.model):
+        b.add("sft", b.ctx.metrics(), delta.fraction_of_parameters(b.ctx.model), trainer.seconds, sft_f, note)
+
+
+@register_baseline("sft+edit")
+def _sft_edit(b: Baselines) -> None:
+    c = b.ctx
+    scfg, trainer, delta, sft_f, note = _sft(b)
+    model, cfg = c.model, c.cfg
+    with delta.applied(model):
+        t1 = time.perf_counter()
+        edit2, report2 = transfer.fit(model, c.tokenizer, c.suite.anchors_harmful, c.suite.anchors_harmless, cfg,
+                                      margin=c.margin)
+        fit2_s = time.perf_counter() - t1
+        with edit2.applied(model):
+            metrics = c.metrics()
+        inside = set(cfg.modules) <= set(scfg.modules) and (scfg.layers is None or report2.layer in scfg.layers)
+        frac = delta.fraction_of_parameters(model) + (0.0 if inside else edit2.fraction_of_parameters(model))
+    b.add("sft+edit", metrics, frac, trainer.seconds + fit2_s,
+          sft_f + edit_flops(model, c.tokenizer, c.anchors, cfg, report2),
+          f"{note}; edit at layer {report2.layer}, |S|={report2.n_neurons}")
+
+
+METHODS = tuple(BASELINES)
+
+
+def run_baselines(lm, suite: Suite, targets: str | Sequence[str], seed: int = 0,
+                  out_dir: Path | None = None, *, methods: Sequence[str] = METHODS, n_random: int = 3,
+                  sft: finetune.SFTConfig | None = None, progress: bool = False,
+                  context: Context | None = None) -> pd.DataFrame:
+    """Every method in `methods` (module docstring; run in METHODS order) -> long DataFrame;
+    writes out_dir/baselines.csv (and baselines_meta.json: chosen layers, ActAdd grid, SFT
+    losses) when out_dir is given. `context`: a Context.fit of the same model, suite, targets
+    and seed when the caller holds one (the edit is then not fitted again)."""
+    targets = parse_targets(targets)
+    bad = [x for x in methods if x not in BASELINES]
+    if bad:
+        raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
+    ctx = context or Context.fit(lm, suite, targets, seed, progress=progress)
+    b = Baselines(ctx, sft=sft, n_random=n_random, meta={"targets": targets, "seed": seed})
+    m = b.m
+    b.meta["edit"] = {"layer": ctx.report.layer, "n_neurons": m, "rank": ctx.cfg.rank, "gamma": ctx.cfg.gamma,
+                      "lam": ctx.cfg.lam, "seconds": ctx.fit_seconds,
+                      "flops": edit_flops(ctx.model, ctx.tokenizer, ctx.anchors, ctx.cfg, ctx.report)}
+    for name, fn in BASELINES.items():
+        if name in methods:
+            fn(b)
+    df = b.frame()
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_atomic(out_dir / "baselines.csv", df.to_csv(index=False))
-        write_atomic(out_dir / "baselines_meta.json", json.dumps(_jsonable(meta), indent=2) + "\n")
+        write_atomic(out_dir / "baselines_meta.json", json.dumps(_jsonable(b.meta), indent=2) + "\n")
     return df
 
 
