@@ -20,11 +20,6 @@ def tiny_pair():
     return tiny.build_model("qwen2", tok, seed=0), tok
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tiny.build(tmp_path_factory.mktemp("tiny"), seed=0, archs=("qwen2",))["qwen2"]
-
-
 def test_registry_holds_the_entries():
     assert tuple(backends.BACKENDS) == ENTRIES
     for name in ENTRIES:

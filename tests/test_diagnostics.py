@@ -10,10 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mlsafe import arch, diagnostics, tiny
+from mlsafe import arch, diagnostics
 from mlsafe import evaluate as ev
-from mlsafe.models import load_model
-from mlsafe.pipeline import make_suite
 
 
 def _moments(mean, var, n):
@@ -79,11 +77,9 @@ def test_per_lang_is_a_seeded_sample_of_at_most_n_per_language_in_order():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("diag")
-    folder = tiny.build(root / "models", archs=("qwen2",))["qwen2"]
-    lm = load_model(str(folder), "cpu")
-    return root, folder, lm, make_suite(lm, "auto", 0, "cpu")
+def tiny_run(tmp_path_factory, tiny_loaded):
+    folder, lm, suite = tiny_loaded   # conftest.py: the session's tiny Qwen2 and its fixture suite
+    return tmp_path_factory.mktemp("diag"), folder, lm, suite
 
 
 def test_amplification_alpha_one_is_the_unedited_model_and_weights_are_restored(tiny_run):

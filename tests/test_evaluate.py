@@ -9,7 +9,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mlsafe import tiny
 from mlsafe.evaluate import (DEFAULT_COMPLY_STARTS, DEFAULT_REFUSAL_STARTS, Judgment, asr_table,
                              cluster_bootstrap_ci, compare, design_effect, exact_match, exact_match_accuracy,
                              extract_final_number, format_chat, generate, language_margins,
@@ -182,8 +181,8 @@ def test_compare_per_language_and_pooled():
 
 # ------------------------------------------------------------------ with a tiny model
 @pytest.fixture(scope="module")
-def qwen(tmp_path_factory):
-    folder = tiny.build(tmp_path_factory.mktemp("tiny"), archs=("qwen2",))["qwen2"]
+def qwen(tiny_dir):
+    folder = tiny_dir   # conftest.py: the session's tiny Qwen2 folder
     return (AutoModelForCausalLM.from_pretrained(folder, local_files_only=True),
             AutoTokenizer.from_pretrained(folder, local_files_only=True))
 

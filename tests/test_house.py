@@ -195,3 +195,22 @@ def test_only_the_registry_names_a_backend():
     assert not compared, f"comparisons against a backend name outside the registry: {compared}"
     stale = sorted((set(NAME_AS_DATA) | set(PENDING)) - set(uses))
     assert not stale, f"entries of NAME_AS_DATA/PENDING that no longer occur (remove them): {stale}"
+
+
+# ----------------------------------------------------------------------------- test layers
+def test_every_test_file_has_a_layer():
+    from conftest import LAYERS, MARKERS, layer_of
+
+    tests = Path(__file__).resolve().parent
+    files = sorted(f.relative_to(tests).as_posix() for f in tests.rglob("test_*.py"))
+    missing = [f for f in files if layer_of(f) is None]
+    assert not missing, f"add these test files to LAYERS in tests/conftest.py: {missing}"
+    assert set(LAYERS.values()) <= set(MARKERS)
+    stale = [k for k in LAYERS if not k.endswith("/") and k not in files]
+    assert not stale, f"LAYERS names test files that do not exist: {stale}"
+    assert layer_of("reliability/test_kill.py") == "integration" and layer_of("test_nope.py") is None
+
+
+def test_this_file_carries_its_layer_marker(request):
+    assert request.node.get_closest_marker("unit") is not None
+    assert request.node.get_closest_marker("integration") is None

@@ -8,9 +8,8 @@ import json
 import pytest
 import torch
 
-from mlsafe import arch, lab, neurons, tiny, transfer
-from mlsafe.models import load_model
-from mlsafe.pipeline import edit_config, make_suite
+from mlsafe import arch, lab, neurons, transfer
+from mlsafe.suites import edit_config
 
 
 def _sets(d, z):
@@ -36,11 +35,9 @@ def test_ranking_and_subsets():
 
 
 @pytest.fixture(scope="module")
-def tiny_lab(tmp_path_factory):
+def tiny_lab(tmp_path_factory, tiny_loaded):
     root = tmp_path_factory.mktemp("lab")
-    folder = tiny.build(root / "models", archs=("qwen2",))["qwen2"]
-    lm = load_model(str(folder), "cpu")
-    suite = make_suite(lm, "auto", 0, "cpu")
+    folder, lm, suite = tiny_loaded   # conftest.py: the session's tiny Qwen2 and its fixture suite
     cfg = edit_config(["th"], 0, suite, layer=1)
     return root, folder, lm, suite, cfg, lab.Lab.from_model(lm.model, lm.tokenizer, suite, cfg, max_eval_per_lang=3)
 

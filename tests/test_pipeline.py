@@ -13,11 +13,6 @@ from mlsafe.edit import SparseEdit
 from mlsafe.langs import LANGS
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tiny.build(tmp_path_factory.mktemp("tiny"), seed=0, archs=("qwen2",))["qwen2"]
-
-
 @pytest.mark.slow
 def test_reproduce_writes_the_common_schema(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(results, "RESULTS_ROOT", tmp_path)
