@@ -1,0 +1,51 @@
+"""mlsafe.limits on small synthetic ceiling/search records."""
+
+import math
+
+import pytest
+
+from mlsafe import limits
+
+CEILING = {"rows": [
+    {"lang": "ja", "layer": 0, "site": "mlp", "share_of_gap": 0.1, "n_neurons": 5},
+    {"lang": "ja", "layer": 0, "site": "neurons", "share_of_gap": 0.0, "n_neurons": 5},
+    {"lang": "ja", "layer": 1, "site": "mlp", "share_of_gap": 0.7, "n_neurons": 9},
+    {"lang": "ja", "layer": 1, "site": "neurons", "share_of_gap": 0.2, "n_neurons": 9},
+    {"lang": "th", "layer": 0, "site": "mlp", "share_of_gap": 0.4, "n_neurons": 5},
+    {"lang": "th", "layer": 1, "site": "mlp", "share_of_gap": -0.1, "n_neurons": 9},
+]}
+
+SEARCH = {"before": {"target": 0.5, "harmless": -1.0, "source": 2.5}, "trials": [
+    {"step": "layer", "neurons": "paper", "layer": 3, "val_gain_harmful": 0.1, "val_gain_harmless": 0.0,
+     "val_gain_source": 0.0, "score": 0.1, "n_neurons": 10, "fraction_of_parameters": 1e-3,
+     "first_token_kl": {"en": 0.01, "ja": 0.03}, "predicted_gap_closed": 0.8},
+    {"step": "layer", "neurons": "all", "layer": 4, "val_gain_harmful": 0.6, "val_gain_harmless": 0.1,
+     "val_gain_source": 0.0, "score": 0.5, "n_neurons": 40, "fraction_of_parameters": 4e-3},
+    {"step": "rank", "neurons": "all", "layer": 4, "rank": 32, "val_gain_harmful": 0.9, "val_gain_harmless": 0.0,
+     "val_gain_source": -0.1, "score": 0.8, "n_neurons": 40, "fraction_of_parameters": 8e-3},
+    {"step": "multi_layer", "neurons": ["all", "paper"], "layers": [4, 3], "val_gain_harmful": 0.7,
+     "val_gain_harmless": 0.0, "val_gain_source": 0.0, "score": 0.7, "n_neurons": 50,
+     "fraction_of_parameters": 5e-3},
+]}
+
+
+def test_ceiling_frame_and_peaks():
+    f = limits.ceiling_frame(CEILING)
+    assert list(f.columns) == ["neurons", "mlp", "n_neurons"]
+    assert f.loc[("ja", 1), "mlp"] == 0.7 and f.loc[("ja", 1), "n_neurons"] == 9
+    assert math.isnan(f.loc[("th", 0), "neurons"])
+    peaks = limits.ceiling_peaks(CEILING)
+    assert peaks.loc["ja", "mlp_layer"] == 1 and peaks.loc["ja", "mlp_share"] == 0.7
+    assert peaks.loc["th", "mlp_layer"] == 0 and peaks.loc["th", "mlp_share"] == 0.4
+
+
+def test_search_frame_best_and_share():
+    f = limits.search_frame(SEARCH)
+    assert len(f) == 4 and f.loc[2, "factor"] == "rank=32"
+    assert f.loc[0, "kl"] == pytest.approx(0.02) and math.isnan(f.loc[1, "kl"])
+    assert f.loc[3, "layer"] == "[4, 3]" and f.loc[0, "params_pct"] == pytest.approx(0.1)
+    assert limits.best_trial(f)["step"] == "rank"
+    assert limits.best_trial(f, "layer")["neurons"] == "all"
+    with pytest.raises(ValueError, match="no trial"):
+        limits.best_trial(f, "gamma")
+    assert limits.share_of_target_gap(SEARCH, 1.0) == pytest.approx(0.5)
