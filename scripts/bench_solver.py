@@ -1,9 +1,13 @@
-"""Benchmark of the Theorem 4.1 solver and of the fit's statistics pass (`make bench`).
+"""Benchmark of the Theorem 4.1 solver and of the fit's statistics pass (parts of `make bench`,
+which runs scripts/bench.py; this script is the longer stand-alone sweep).
 
-Prints, for real-model shapes (d_model, m, r) and the organism-sized one:
+Prints, for real-model shapes (d_model, m, r) and the organism-sized one, and for each
+--spectra (noise: a flat whitened spectrum, the solver's worst case; decaying: a few
+dominant gap directions):
   * solve_from_gram time (median of --runs) with 1 torch thread and with all cores, and its
     floor: one float64 Cholesky of Q [d, d] plus one triangular solve with m right-hand
-    sides, measured in the same run with the same threads (goal: solve <= 3x floor);
+    sides, timed alternately with it on the same Gram with the same threads (goal:
+    solve <= 3x floor), and the rank-r path taken (lanczos, or gram when Lanczos gave up);
   * the time to build the Gram matrices (EditGram) from N = --rows anchor rows;
 the ratio of edit time (Gram + solve) to the forward passes that collect its statistics,
 measured on a tiny randomly initialised Llama built from a local LlamaConfig (no downloads);
@@ -14,7 +18,7 @@ stats_pass / layer_selection setting, on a tiny chat model (mlsafe.tiny) or, wit
 process's peak RSS.
 `edit_vs_forward(model, input_ids, layer=..., m=..., rank=...)` is importable for any model
 whose blocks live at model.model.layers[i].mlp (Llama, Qwen2, Gemma).
-Inputs are random: timings depend on the shapes only, not on the values.
+Inputs are random; the solve's time depends on the spectrum as well as on the shapes.
 """
 
 from __future__ import annotations
@@ -34,49 +38,73 @@ from mlsafe import solver  # noqa: E402
 
 SHAPES = [(3584, 256, 16), (3584, 1024, 16), (3584, 2048, 16), (2048, 512, 16), (256, 64, 8)]
 GAMMA, LAM = 1.0, 1.0
+SPECTRA = ("noise", "decaying")
 
 
-def median_seconds(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def random_rows(n: int, d: int, m: int, seed: int = 0, spectrum: str = "noise") -> tuple[torch.Tensor, ...]:
+    """Anchor matrices X_low [n, d], D [n, m], X_safe [n, d] in float32, as a probe would hand them.
 
-
-def random_rows(n: int, d: int, m: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Anchor matrices X_low [n, d], D [n, m], X_safe [n, d] in float32, as a probe would hand them."""
+    spectrum="noise": D i.i.d. Gaussian, so the whitened R M has a flat spectrum near sigma_r
+    (the solver's worst case: Lanczos gives up, the exact Gram path runs); "decaying":
+    D = X_low W + 0.01 noise with W of rank 64 and singular values 0.7**i (a few dominant gap
+    directions, where Lanczos converges)."""
+    if spectrum not in SPECTRA:
+        raise ValueError(f"spectrum must be one of {SPECTRA}, got {spectrum!r}")
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, d, generator=g), torch.randn(n, m, generator=g), torch.randn(n, d, generator=g))
+    x_low, d_gap, x_safe = (torch.randn(n, d, generator=g), torch.randn(n, m, generator=g),
+                            torch.randn(n, d, generator=g))
+    if spectrum == "decaying":
+        k = min(64, d, m)
+        u = torch.linalg.qr(torch.randn(d, k, generator=g)).Q
+        v = torch.linalg.qr(torch.randn(m, k, generator=g)).Q
+        d_gap = x_low @ ((u * 0.7 ** torch.arange(k, dtype=torch.float32)) @ v.T) + 0.01 * d_gap
+    return x_low, d_gap, x_safe
 
 
-def bench_shape(d: int, m: int, rank: int, *, rows: int, runs: int, threads: int) -> dict:
+def solve_vs_floor(d: int, m: int, rank: int, *, rows: int, runs: int, threads: int,
+                   spectrum: str = "noise") -> dict:
+    """solve_from_gram (default method) against its floor, one float64 Cholesky of Q plus one
+    triangular solve with m right-hand sides, on the same Gram, with the same threads, timed
+    alternately `runs` times (so load from other processes hits both alike); medians, their
+    ratio, and which rank-r path the solver took ("lanczos", or "gram" when it gave up)."""
     torch.set_num_threads(threads)
-    x_low, d_gap, x_safe = random_rows(rows, d, m)
+    warm = solver.build_gram(*random_rows(64, 32, 16))     # first-call costs (scipy import, LAPACK init)
+    solver.solve_from_gram(warm, rank=2, gamma=GAMMA, lam=LAM)
+    x_low, d_gap, x_safe = random_rows(rows, d, m, spectrum=spectrum)
     t0 = time.perf_counter()
     g = solver.build_gram(x_low, d_gap, x_safe)
     gram_s = time.perf_counter() - t0
-    solve_s = median_seconds(lambda: solver.solve_from_gram(g, rank=rank, gamma=GAMMA, lam=LAM), runs)
-    return {"d_model": d, "m": m, "rank": rank, "threads": threads, "rows": rows,
-            "gram_seconds": gram_s, "solve_seconds": solve_s}
-
-
-def solve_vs_floor(d: int, m: int, rank: int, *, rows: int, runs: int, threads: int) -> dict:
-    """Median solve_from_gram time and its floor (Cholesky of Q + one triangular solve with m
-    right-hand sides), same data, same threads."""
-    res = bench_shape(d, m, rank, rows=rows, runs=runs, threads=threads)
-    x_low, d_gap, x_safe = random_rows(rows, d, m)
-    g = solver.build_gram(x_low, d_gap, x_safe)
     q = g.xtx_low + GAMMA * g.xtx_safe + LAM * torch.eye(d, dtype=torch.float64)
 
     def floor():
         chol = torch.linalg.cholesky(q)
-        torch.linalg.solve_triangular(chol, g.xtd, upper=False)
+        return torch.linalg.solve_triangular(chol, g.xtd, upper=False)
 
-    res["floor_seconds"] = median_seconds(floor, runs)
-    res["solve_over_floor"] = res["solve_seconds"] / res["floor_seconds"]
-    return res
+    floors, solves = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        rm = floor()
+        floors.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        solver.solve_from_gram(g, rank=rank, gamma=GAMMA, lam=LAM)
+        solves.append(time.perf_counter() - t0)
+    side = rm if m <= d else rm.T
+    path = "lanczos" if solver._top_right_singular(side, rank) is not None else "gram"
+    floor_s, solve_s = statistics.median(floors), statistics.median(solves)
+    return {"d_model": d, "m": m, "rank": rank, "threads": threads, "rows": rows, "spectrum": spectrum,
+            "path": path, "gram_seconds": gram_s, "solve_seconds": solve_s, "floor_seconds": floor_s,
+            "solve_over_floor": solve_s / floor_s, "solve_runs": solves, "floor_runs": floors}
+
+
+SOLVE_HEADER = (f"{'d_model':>7} {'m':>5} {'r':>3} {'threads':>7} {'spectrum':>9} {'path':>7} {'gram_s':>8} "
+                f"{'solve_s':>8} {'floor_s':>8} {'solve/floor':>11}")
+
+
+def solve_row(res: dict) -> str:
+    """One printed line of `solve_vs_floor`'s result, under SOLVE_HEADER."""
+    return (f"{res['d_model']:>7} {res['m']:>5} {res['rank']:>3} {res['threads']:>7} {res['spectrum']:>9} "
+            f"{res['path']:>7} {res['gram_seconds']:>8.3f} {res['solve_seconds']:>8.3f} {res['floor_seconds']:>8.3f} "
+            f"{res['solve_over_floor']:>11.2f}")
 
 
 def tiny_llama(d_model: int = 256, d_ff: int = 688, layers: int = 4, vocab: int = 1000, seed: int = 0):
@@ -172,10 +200,14 @@ def plain_forward_seconds(model, tok, anchors, cfg) -> float:
     return time.perf_counter() - t0
 
 
-def fit_vs_forward(model, tok, harmful, harmless, cfg, margin, *, title: str = "") -> list[dict]:
-    """transfer.fit under each (stats_pass, layer_selection): chosen layer, its margin score,
-    stage seconds, and (statistics [+ selection]) / one plain forward pass over the anchors;
-    prints a table row as each fit ends."""
+FIT_VARIANTS = (("separate", "margins"), ("fused", "margins"), ("fused", "predicted"))
+
+
+def fit_vs_forward(model, tok, harmful, harmless, cfg, margin, *, title: str = "",
+                   variants=FIT_VARIANTS) -> list[dict]:
+    """transfer.fit under each (stats_pass, layer_selection) of `variants`: chosen layer, its
+    margin score, stage seconds, and (statistics [+ selection]) / one plain forward pass over
+    the anchors; prints a table row as each fit ends."""
     import dataclasses
 
     from mlsafe import transfer
@@ -186,7 +218,7 @@ def fit_vs_forward(model, tok, harmful, harmless, cfg, margin, *, title: str = "
     print(f"{'stats_pass':>10} {'selection':>10} {'layer':>5} {'score':>9} {'stats_s':>8} {'select_s':>8} "
           f"{'fit_s':>7} {'stats/fwd':>9} {'+select/fwd':>11}")
     out = []
-    for stats_pass, selection in (("separate", "margins"), ("fused", "margins"), ("fused", "predicted")):
+    for stats_pass, selection in variants:
         c = dataclasses.replace(cfg, stats_pass=stats_pass, layer_selection=selection)
         t0 = time.perf_counter()
         edit, report = transfer.fit(model, tok, harmful, harmless, c, margin=margin)
@@ -220,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="also time the fit on this model spec with its suite (e.g. organism)")
     ap.add_argument("--targets", default="th", help="target languages for --model, comma-separated")
     ap.add_argument("--skip-solver", action="store_true", help="only the fit-vs-forward part")
+    ap.add_argument("--spectra", default="noise,decaying", help=f"comma-separated, from {SPECTRA}")
     args = ap.parse_args(argv)
+    spectra = [x for x in args.spectra.split(",") if x]
+    if not spectra or any(x not in SPECTRA for x in spectra):
+        ap.error(f"--spectra must list values from {SPECTRA}, got {args.spectra!r}")
 
     shapes = SHAPES[-1:] if args.quick else SHAPES
     thread_opts = [1] if args.quick else sorted({1, os.cpu_count() or 1})
@@ -228,14 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_solver:
         print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, float64 solve, "
               f"gamma={GAMMA}, lam={LAM}, Gram from N={args.rows} rows")
-        print(f"{'d_model':>7} {'m':>5} {'r':>3} {'threads':>7} {'gram_s':>8} {'solve_s':>8} {'floor_s':>8} "
-              f"{'solve/floor':>11}")
+        print(SOLVE_HEADER)
         for threads in thread_opts:
             for d, m, r in shapes:
-                res = solve_vs_floor(d, m, r, rows=args.rows, runs=args.runs, threads=threads)
-                rows.append(res)
-                print(f"{d:>7} {m:>5} {r:>3} {threads:>7} {res['gram_seconds']:>8.3f} {res['solve_seconds']:>8.3f} "
-                      f"{res['floor_seconds']:>8.3f} {res['solve_over_floor']:>11.2f}", flush=True)
+                for spectrum in spectra:
+                    res = solve_vs_floor(d, m, r, rows=args.rows, runs=args.runs, threads=threads,
+                                         spectrum=spectrum)
+                    rows.append(res)
+                    print(solve_row(res), flush=True)
 
     torch.set_num_threads(1)
     ratio = None

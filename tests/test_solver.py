@@ -291,3 +291,50 @@ def test_errors_name_the_fix():
         solver.solve(x_low * float("nan"), d_gap, x_safe, rank=2, **KW)
     with pytest.raises(ValueError, match="same shape"):
         _ = g + EditGram.zeros(12, 6)
+
+
+# ----------------------------------------------------------------------------- the bench's helpers
+def _bench_modules():
+    import sys
+    from pathlib import Path
+
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    import bench
+    import bench_solver
+    return bench, bench_solver
+
+
+def test_bench_spectra_take_the_two_rank_r_paths_and_time_against_the_floor():
+    _, bench_solver = _bench_modules()
+    noise = bench_solver.solve_vs_floor(480, 320, 8, rows=600, runs=2, threads=1, spectrum="noise")
+    decaying = bench_solver.solve_vs_floor(480, 320, 8, rows=600, runs=2, threads=1, spectrum="decaying")
+    assert (noise["path"], decaying["path"]) == ("gram", "lanczos")
+    for res in (noise, decaying):
+        assert len(res["solve_runs"]) == len(res["floor_runs"]) == 2
+        assert res["solve_over_floor"] == pytest.approx(res["solve_seconds"] / res["floor_seconds"])
+    with pytest.raises(ValueError, match="spectrum must be one of"):
+        bench_solver.random_rows(4, 3, 2, spectrum="flat")
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_bench_peak_rss_sees_an_allocation_and_compares_within_tolerance():
+    bench, _ = _bench_modules()
+    total, mem = bench.peak_during(lambda: float(torch.ones(16 * 2 ** 20, dtype=F64).sum()))  # 128 MiB
+    assert total == 16 * 2 ** 20
+    if mem["peak_reset"]:
+        assert mem["peak_above_before_mib"] >= 100
+    assert bench.same_peak(100.0, 108.0) and bench.same_peak(5.0, 20.0)
+    assert not bench.same_peak(100.0, 130.0) and not bench.same_peak(5.0, 30.0)
+
+
+def test_bench_small_anchor_set_keeps_whole_parallel_ids():
+    bench, bench_solver = _bench_modules()
+    harmful, harmless = bench_solver.synthetic_anchors(5, langs=("en", "th", "bn"))
+    harmful = [p for p in harmful if not (p.parallel_id == "h1" and p.lang == "th")]  # h1 lacks th
+    h, s = bench.small_anchor_set(harmful, harmless, 3, ("en", "th"))
+    assert sorted({p.parallel_id for p in h}) == ["h0", "h2", "h3"]
+    assert {p.lang for p in h} == {p.lang for p in s} == {"en", "th"} and len(h) == len(s) == 6
+    with pytest.raises(ValueError, match="need 9 parallel ids"):
+        bench.small_anchor_set(harmful, harmless, 9, ("en", "th"))
