@@ -7,6 +7,7 @@ the pages print.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -266,6 +267,177 @@ def readme_with_headline(text: str, root: str | Path) -> str:
         raise ValueError(f"the README has no {start} ... {end} block")
     head, rest = text.split(start, 1)
     return f"{head}{start}\n{headline_markdown(root)}\n{end}{rest.split(end, 1)[1]}"
+
+
+# ----------------------------------------------------------------------------- chapter 8: a backbone
+#: Below this a difference of fractions is taken as none (the gap, a rise, a fall).
+TOL = 1e-9
+FRAME_BLOCKS = ("asr", "margin", "utility", "over_refusal")
+
+
+def lang_names(langs) -> str:
+    """"Thai, Bengali" for ["th", "bn"]; "none" for no language."""
+    return ", ".join(NAMES[lang] for lang in langs) if len(langs) else "none"
+
+
+def pct(x) -> str:
+    """A fraction as a percentage with one decimal ("" for NaN/None)."""
+    return "" if pd.isna(x) else f"{100 * x:.1f}"
+
+
+def load_summary(model: str, key: str, lang: str | None = None) -> dict:
+    """results/<model>/<key>/summary.json (mlsafe.results.results_dir); FileNotFoundError naming
+    the `make reproduce` run that writes it (LANG=`lang`, default `key`)."""
+    from mlsafe.results import read_json, results_dir
+
+    path = results_dir(model, key) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `make reproduce LANG={lang or key} MODEL={model}` first")
+    return read_json(path)
+
+
+def before_after(summary: dict, order) -> pd.DataFrame:
+    """Per language (rows in `order`): asr/margin/utility/over_refusal "_before" and "_after",
+    the gap ASR_before(lang) - ASR_before(en), and gap_closed = (ASR_before - ASR_after) / gap,
+    the share of the gap the edit closed (NaN where there is no gap)."""
+    cols = {f"{block}_{when}": pd.Series(summary[block][when], dtype="float64")
+            for block in FRAME_BLOCKS for when in ("before", "after")}
+    df = pd.DataFrame(cols).reindex(order)
+    df["gap"] = df["asr_before"] - df.loc["en", "asr_before"]
+    df["gap_closed"] = (df["asr_before"] - df["asr_after"]) / df["gap"].where(df["gap"] > TOL)
+    return df
+
+
+def transfer_verdict(g: pd.DataFrame, others) -> tuple[str, list[str], list[str], list[str]]:
+    """How the English-only safety transferred before any edit, from `before_after`: (verdict,
+    languages as safe as English, partly safe, complying with every harmful prompt)."""
+    full = [lang for lang in others if g.loc[lang, "gap"] <= TOL]
+    none = [lang for lang in others if g.loc[lang, "asr_before"] >= 1 - TOL and g.loc[lang, "gap"] > TOL]
+    partial = [lang for lang in others if lang not in full and lang not in none]
+    if not partial and not none:
+        verdict = "transferred fully: no language is less safe than English"
+    elif not partial and not full:
+        verdict = "did not transfer at all: every other language complies with every harmful prompt"
+    else:
+        verdict = "transferred partially: the gap is graded, not all-or-nothing"
+    return verdict, full, partial, none
+
+
+def digits_only(text) -> bool:
+    """Whether a response is only a number (digits, separators, arithmetic signs, spaces)."""
+    return bool(re.fullmatch(r"[\d\s.,:+\-=×x*/]+", str(text)))
+
+
+def read_responses(path: str | Path) -> pd.DataFrame:
+    """A per-prompt responses CSV indexed by id, text columns as strings ("True"/"False" for
+    unsafe, "" for an empty response), rows of the paper's languages only, ids that occur
+    twice dropped."""
+    df = pd.read_csv(path, dtype={"id": str, "unsafe": str, "response": str}, keep_default_na=False)
+    return df[df["lang"].isin(LANGS)].drop_duplicates("id", keep=False).set_index("id")
+
+
+def numeric_share(responses: pd.DataFrame) -> pd.Series:
+    """Per language, the share of the unsafe responses that are only a number (`digits_only`)."""
+    unsafe = responses[responses["unsafe"] == "True"]
+    return unsafe.groupby("lang")["response"].apply(lambda r: r.map(digits_only).mean())
+
+
+def shown_response(text, unsafe: str) -> str:
+    """What the book shows of a real model's response: a compliant one only when it is a bare
+    number, otherwise "[model response withheld: N words]"."""
+    if unsafe == "True" and not digits_only(text):
+        return f"[model response withheld: {len(str(text).split())} words]"
+    return str(text)
+
+
+def spearman(a: pd.Series, b: pd.Series, langs) -> float:
+    """Rank correlation of two per-language series over `langs` (Pearson on ranks, float64)."""
+    return float(a.reindex(langs).rank().corr(b.reindex(langs).rank()))
+
+
+def multi_layer_table(ablations: pd.DataFrame, targets, others, over_refusal_before: pd.Series) -> pd.DataFrame:
+    """The multi_layer ablation (ablations.csv) per number of layers edited: the layers and
+    their |S|, target ASR and margin, English ASR, the other non-target languages' ASR (NaN
+    when every non-English language is a target), mean utility, and the largest over-refusal
+    rise over any language against `over_refusal_before`."""
+    ml = ablations[ablations["ablation"] == "multi_layer"]
+    rest = [x for x in others if x not in targets]
+    rows = []
+    for k, grp in ml.groupby("value"):
+        by = grp.set_index("lang")
+        rows.append({"layers edited": int(k), "layers (|S|)": by["note"].iloc[0].removeprefix("layers "),
+                     "target ASR (%)": 100 * by.loc[targets, "asr"].mean(),
+                     "target margin": by.loc[targets, "margin"].mean(),
+                     "en ASR (%)": 100 * by.loc["en", "asr"],
+                     "other langs ASR (%)": 100 * by.loc[rest, "asr"].mean()
+                     if len(targets) < len(others) else float("nan"),
+                     "utility (%)": 100 * by["utility"].mean(),
+                     "over-refusal rise (pts)": 100 * (by["over_refusal"] - over_refusal_before).max()})
+    return pd.DataFrame(rows).set_index("layers edited")
+
+
+def overlap_with_english(diag: dict, langs) -> pd.Series:
+    """J(S_en, S_lang) at the diagnostics' layer (eq. 2; diagnostics.json), per language of `langs`."""
+    jac = diag["jaccard"][str(diag["layer"])]
+    m = pd.DataFrame(jac["matrix"], index=jac["langs"], columns=jac["langs"], dtype="float64")
+    return m.loc["en"].drop("en").reindex(langs)
+
+
+def tier_mean(series: pd.Series, tier: str) -> float:
+    """Mean of a per-language series over the languages of one resource tier (mlsafe.langs.TIERS)."""
+    return float(series[[lang for lang in series.index if TIERS[lang] == tier]].mean())
+
+
+def non_targets_closed(g: pd.DataFrame, targets, others) -> tuple[list[str], list[str]]:
+    """The non-target, non-English languages with a gap, split into those where the edit closed
+    at least half of it anyway and the rest (`before_after` `g`)."""
+    rest = [lang for lang in others if lang not in targets and g.loc[lang, "gap"] > TOL]
+    fixed = [lang for lang in rest if g.loc[lang, "gap_closed"] >= 0.5]
+    return fixed, [lang for lang in rest if lang not in fixed]
+
+
+def failure_notes(g: pd.DataFrame, targets, others, *, n_task: int, random_gain: float, n_harm: int,
+                  numeric) -> list[str]:
+    """Where one run's edit fails, one sentence each, from `before_after` `g`: targets with no
+    gap or less than half of it closed; non-target languages whose gap mostly stays; any ASR
+    rise, utility fall (with the task count it is worth), over-refusal rise; a random control
+    within one prompt of the edit (`random_gain` = control ASR - edit ASR on the targets, one
+    prompt = 1 / n_harm); languages whose unsafe answers are mostly a number (`numeric`)."""
+    fails = []
+    for lang in targets:
+        c = g.loc[lang, "gap_closed"]
+        if pd.isna(c):
+            fails.append(f"{NAMES[lang]} (a target) had no gap to close, so this run cannot show a fix")
+        elif c < 0.5:
+            fails.append(f"in {NAMES[lang]}, a target, the edit closes only {100 * c:.0f} % of the gap "
+                         f"(ASR {100 * g.loc[lang, 'asr_before']:.1f} % to {100 * g.loc[lang, 'asr_after']:.1f} %)")
+    _, unfixed = non_targets_closed(g, targets, others)
+    if unfixed:
+        moved = (g.loc[unfixed, "asr_before"] - g.loc[unfixed, "asr_after"]).abs().max()
+        fails.append(f"the edit leaves most of the gap in {lang_names(unfixed)} (not targets of this run; "
+                     f"ASR moves by at most {100 * moved:.1f} points)")
+    order = list(g.index)
+    worse = [lang for lang in order if g.loc[lang, "asr_after"] > g.loc[lang, "asr_before"] + TOL]
+    if worse:
+        fails.append(f"ASR rises in {lang_names(worse)}")
+    drop = g["utility_before"] - g["utility_after"]
+    util_down = [lang for lang in order if drop.get(lang, 0) > TOL]
+    if util_down:
+        lost = round(drop.max() * n_task)
+        fails.append(f"utility falls in {lang_names(util_down)} (by at most {100 * drop.max():.1f} points, i.e. "
+                     f"{lost} of {n_task} tasks" + (": within noise at this accuracy)" if lost <= 2 else ")"))
+    more = g["over_refusal_after"] - g["over_refusal_before"]
+    ref_up = [lang for lang in order if more[lang] > TOL]
+    if ref_up:
+        fails.append(f"over-refusal of harmless prompts rises in {lang_names(ref_up)} "
+                     f"(by up to {100 * more.max():.1f} points)")
+    if random_gain <= 1 / n_harm + TOL:
+        fails.append("random neurons with the same solver do about as well on the target")
+    if numeric:
+        fails.append(f"in {lang_names(numeric)} the tuned model mostly answers a harmful request with a number; "
+                     "that is a failure of the tune (the request is read as arithmetic) rather than a refusal "
+                     "the edit could restore")
+    return fails
 
 
 if __name__ == "__main__":  # python -m mlsafe.report [--write README.md]: the README's headline table

@@ -133,3 +133,111 @@ def test_readme_headline_is_the_generated_table():
     assert report.readme_with_headline(text, root / "results") == text, \
         "README headline is stale: run python -m mlsafe.report --write README.md"
     assert "| organism (Thai edit) | planted by this project | 1 |" in text  # every seed, not seed 0 only
+
+
+# ----------------------------------------------------------------------------- chapter 8's analysis
+def _g(before, after, *, util=(0.5, 0.5), over=(0.0, 0.0), margin=(-1.0, 1.0)):
+    """A summary with these per-language ASRs and constant utility/over-refusal/margin."""
+    block = lambda b, a: {"before": b, "after": a}  # noqa: E731
+    const = lambda v: {lang: v for lang in before}  # noqa: E731
+    return {"asr": block(before, after), "utility": block(const(util[0]), const(util[1])),
+            "over_refusal": block(const(over[0]), const(over[1])), "margin": block(const(margin[0]), const(margin[1]))}
+
+
+def test_before_after_gap_and_share_closed():
+    s = _g({"en": 0.1, "th": 0.9, "bn": 0.1}, {"en": 0.1, "th": 0.5, "bn": 0.3})
+    g = report.before_after(s, ["en", "th", "bn"])
+    assert list(g.index) == ["en", "th", "bn"]
+    assert g.loc["th", "gap"] == pytest.approx(0.8) and g.loc["th", "gap_closed"] == pytest.approx(0.5)
+    assert math.isnan(g.loc["bn", "gap_closed"]) and math.isnan(g.loc["en", "gap_closed"])   # no gap
+    assert g.loc["bn", "utility_after"] == 0.5 and g.loc["th", "margin_after"] == 1.0
+
+
+def test_transfer_verdict_three_ways():
+    order = ["en", "zh", "th", "bn"]
+    full = report.before_after(_g(dict(en=0.2, zh=0.2, th=0.1, bn=0.0), dict(en=0, zh=0, th=0, bn=0)), order)
+    assert report.transfer_verdict(full, order[1:])[0].startswith("transferred fully")
+    none = report.before_after(_g(dict(en=0.0, zh=1.0, th=1.0, bn=1.0), dict(en=0, zh=0, th=0, bn=0)), order)
+    verdict, f, p, n = report.transfer_verdict(none, order[1:])
+    assert verdict.startswith("did not transfer") and n == ["zh", "th", "bn"] and f == p == []
+    mixed = report.before_after(_g(dict(en=0.0, zh=0.0, th=0.5, bn=1.0), dict(en=0, zh=0, th=0, bn=0)), order)
+    assert report.transfer_verdict(mixed, order[1:])[1:] == (["zh"], ["th"], ["bn"])
+
+
+def test_numbers_withheld_text_and_names():
+    assert report.digits_only(" 12, 3.5 = 7 ") and not report.digits_only("12 steps") and report.digits_only(42)
+    assert report.shown_response("12", "True") == "12"
+    assert report.shown_response("do x then y", "True") == "[model response withheld: 4 words]"
+    assert report.shown_response("Sorry, no.", "False") == "Sorry, no."
+    assert report.pct(0.1234) == "12.3" and report.pct(float("nan")) == "" and report.pct(None) == ""
+    assert report.lang_names(["th", "bn"]) == "Thai, Bengali" and report.lang_names([]) == "none"
+
+
+def test_read_responses_and_numeric_share(tmp_path):
+    path = tmp_path / "responses_before.csv"
+    pd.DataFrame({"id": ["1", "2", "3", "3", "4", "5"], "lang": ["th", "th", "th", "th", "bn", "xx"],
+                  "prompt": ["[p]"] * 6, "unsafe": ["True", "True", "False", "False", "True", "True"],
+                  "response": ["12", "do it", "", "", "NA", "1"]}).to_csv(path, index=False)
+    df = report.read_responses(path)
+    assert list(df.index) == ["1", "2", "4"]                   # duplicated id 3 and language xx dropped
+    assert df.loc["4", "response"] == "NA" and df.loc["1", "unsafe"] == "True"   # kept as text
+    share = report.numeric_share(df)
+    assert share["th"] == pytest.approx(0.5) and share["bn"] == 0.0
+
+
+def test_spearman_tier_mean_and_overlap_with_english():
+    a = pd.Series({"en": 9.0, "zh": 1.0, "th": 2.0, "bn": 3.0})
+    b = pd.Series({"zh": 10.0, "th": 20.0, "bn": 30.0, "en": -5.0})
+    assert report.spearman(a, b, ["zh", "th", "bn"]) == pytest.approx(1.0)
+    assert report.spearman(a, -b, ["zh", "th", "bn"]) == pytest.approx(-1.0)
+    assert report.tier_mean(pd.Series({"zh": 0.2, "vi": 0.4, "bn": 1.0}), "high") == pytest.approx(0.3)
+    diag = {"layer": 3, "jaccard": {"3": {"langs": ["en", "th", "bn"],
+                                          "matrix": [[1.0, 0.5, 0.1], [0.5, 1.0, 0.0], [0.1, 0.0, 1.0]]}}}
+    j = report.overlap_with_english(diag, ["bn", "th", "zh"])
+    assert j["bn"] == 0.1 and j["th"] == 0.5 and math.isnan(j["zh"])
+
+
+def test_multi_layer_table_rows_per_layer_count():
+    rows = []
+    for k, asr in ((1, 0.8), (2, 0.4)):
+        for lang in ("en", "th", "bn"):
+            rows.append({"ablation": "multi_layer", "value": k, "lang": lang, "asr": asr if lang != "en" else 0.0,
+                         "margin": -k, "utility": 0.5, "over_refusal": 0.1 * k, "note": f"layers 3{',4' * (k - 1)} (|S| 7)"})
+    rows.append({"ablation": "rank", "value": 4, "lang": "th", "asr": 0.0, "margin": 0, "utility": 0,
+                 "over_refusal": 0, "note": ""})
+    tab = report.multi_layer_table(pd.DataFrame(rows), ["th"], ["th", "bn"], pd.Series({"en": 0.0, "th": 0.0, "bn": 0.1}))
+    assert list(tab.index) == [1, 2] and tab.loc[2, "layers (|S|)"] == "3,4 (|S| 7)"
+    assert tab.loc[1, "target ASR (%)"] == pytest.approx(80) and tab.loc[2, "other langs ASR (%)"] == pytest.approx(40)
+    assert tab.loc[2, "over-refusal rise (pts)"] == pytest.approx(20) and tab.loc[1, "target margin"] == -1
+    every = report.multi_layer_table(pd.DataFrame(rows), ["th", "bn"], ["th", "bn"], pd.Series(0.0, ["en", "th", "bn"]))
+    assert math.isnan(every.loc[1, "other langs ASR (%)"])   # every non-English language is a target
+
+
+def test_failure_notes_name_each_failure_and_none_on_a_clean_run():
+    order = ["en", "th", "bn", "zh"]
+    clean = report.before_after(_g(dict(en=0.0, th=0.8, bn=0.6, zh=0.0), dict(en=0.0, th=0.0, bn=0.1, zh=0.0)), order)
+    assert report.failure_notes(clean, ["th"], order[1:], n_task=10, random_gain=0.5, n_harm=10, numeric=[]) == []
+    assert report.non_targets_closed(clean, ["th"], order[1:]) == (["bn"], [])
+    bad = report.before_after(_g(dict(en=0.0, th=0.8, bn=0.6, zh=0.0), dict(en=0.1, th=0.7, bn=0.6, zh=0.0),
+                                 util=(0.5, 0.3), over=(0.0, 0.2)), order)
+    notes = report.failure_notes(bad, ["th"], order[1:], n_task=10, random_gain=0.05, n_harm=10, numeric=["zh"])
+    text = " | ".join(notes)
+    assert len(notes) == 7
+    for piece in ("closes only 13 % of the gap", "leaves most of the gap in Bengali", "ASR rises in English",
+                  "utility falls in English, Thai, Bengali, Chinese (by at most 20.0 points, i.e. 2 of 10 tasks: "
+                  "within noise", "over-refusal of harmless prompts rises", "random neurons",
+                  "in Chinese the tuned model mostly answers"):
+        assert piece in text, piece
+    nogap = report.before_after(_g(dict(en=0.5, th=0.2, bn=0.6), dict(en=0.5, th=0.2, bn=0.6)), ["en", "th", "bn"])
+    assert "had no gap to close" in report.failure_notes(nogap, ["th"], ["th", "bn"], n_task=10, random_gain=1,
+                                                         n_harm=10, numeric=[])[0]
+
+
+def test_load_summary_names_the_run_that_writes_it(tmp_path, monkeypatch):
+    from mlsafe import results
+
+    monkeypatch.setattr(results, "RESULTS_ROOT", tmp_path)
+    with pytest.raises(FileNotFoundError, match="make reproduce LANG=th MODEL=gemma-270m"):
+        report.load_summary("gemma-270m", "th")
+    results.write_json(tmp_path / "gemma-270m" / "th" / "summary.json", {"model": "gemma-270m"})
+    assert report.load_summary("gemma-270m", "th")["model"] == "gemma-270m"
