@@ -10,7 +10,12 @@ Registered here: organism, organism-dense (the CPU model organism, sparsely / de
 aligned), gemma-270m (PyPI-packaged Gemma-3-270m, English-only safety tune) and the
 PyPI-packaged Qwen2.5-Coder-0.5B/1.5B-Instruct GGUFs (mlsafe.packaged). Any other spec
 is a local folder or a hub id (`backend_for`): kind "tiny" for a folder made by
-mlsafe.tiny (it has the marker file), "hub" otherwise, with the real-data suite.
+mlsafe.tiny (it has the marker file), "hub" otherwise, with the real-data suite
+(`load_transformers`).
+
+`LoadedModel`, what every loader returns, lives here too: this module is the bottom of the
+loading layer (mlsafe.models.load_model and mlsafe.suites.make_suite read it; it imports
+neither).
 """
 
 from __future__ import annotations

@@ -198,9 +198,19 @@ def test_only_the_registry_names_a_backend():
 
 
 # ----------------------------------------------------------------------------- test layers
-def test_every_test_file_has_a_layer():
-    from conftest import LAYERS, MARKERS, layer_of
+def _top_conftest():
+    """tests/conftest.py as a module (by path: tests/reliability has a conftest of its own)."""
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location("mlsafe_tests_conftest", Path(__file__).with_name("conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_test_file_has_a_layer():
+    c = _top_conftest()
+    LAYERS, MARKERS, layer_of = c.LAYERS, c.MARKERS, c.layer_of
     tests = Path(__file__).resolve().parent
     files = sorted(f.relative_to(tests).as_posix() for f in tests.rglob("test_*.py"))
     missing = [f for f in files if layer_of(f) is None]

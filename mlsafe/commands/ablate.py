@@ -18,8 +18,8 @@ def run(args) -> int:
     from mlsafe.ablations import ABLATIONS, run_ablations
     from mlsafe.commands.reproduce import _int, check_run_args
     from mlsafe.errors import UserError
-    from mlsafe.pipeline import load
     from mlsafe.results import run_lock
+    from mlsafe.suites import load
 
     only = args.only or list(ABLATIONS)
     bad = [a for a in only if a not in ABLATIONS]
