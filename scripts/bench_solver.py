@@ -46,7 +46,7 @@ def random_rows(n: int, d: int, m: int, seed: int = 0, spectrum: str = "noise") 
 
     spectrum="noise": D i.i.d. Gaussian, so the whitened R M has a flat spectrum near sigma_r
     (the solver's worst case: Lanczos gives up, the exact Gram path runs); "decaying":
-    D = X_low W + 0.01 noise with W of rank 64 and singular values 0.7**i (a few dominant gap
+    D = X_low W + 0.001 noise with W of rank 128 and singular values 0.8**i (a few dominant gap
     directions, where Lanczos converges)."""
     if spectrum not in SPECTRA:
         raise ValueError(f"spectrum must be one of {SPECTRA}, got {spectrum!r}")
@@ -54,10 +54,10 @@ def random_rows(n: int, d: int, m: int, seed: int = 0, spectrum: str = "noise") 
     x_low, d_gap, x_safe = (torch.randn(n, d, generator=g), torch.randn(n, m, generator=g),
                             torch.randn(n, d, generator=g))
     if spectrum == "decaying":
-        k = min(64, d, m)
+        k = min(128, d, m)
         u = torch.linalg.qr(torch.randn(d, k, generator=g)).Q
         v = torch.linalg.qr(torch.randn(m, k, generator=g)).Q
-        d_gap = x_low @ ((u * 0.7 ** torch.arange(k, dtype=torch.float32)) @ v.T) + 0.01 * d_gap
+        d_gap = x_low @ ((u * 0.8 ** torch.arange(k, dtype=torch.float32)) @ v.T) + 0.001 * d_gap
     return x_low, d_gap, x_safe
 
 
@@ -167,17 +167,21 @@ def synthetic_anchors(n_topics: int, langs=("en", "th", "bn")):
     return harmful, harmless
 
 
-def token_margin(tok, word: str = "sorry"):
-    """A stand-in refusal margin for the tiny model: log-prob of `word`'s first token."""
+def token_margin(tok, word: str = "sorry", batch_size: int = 16):
+    """A stand-in refusal margin for the tiny model: log-prob of `word`'s first token, in
+    batches of `batch_size` prompts (as mlsafe.evaluate.language_margins batches)."""
     from mlsafe import probe, transfer
 
     first = tok.encode(word, add_special_tokens=False)[0]
 
     def margin(model, prompts):
-        enc = probe.encode_batch(tok, transfer.chat_texts(tok, prompts))
+        texts = transfer.chat_texts(tok, prompts)
+        out = []
         with torch.no_grad():
-            logits = model(**enc).logits[:, -1].double()
-        return torch.log_softmax(logits, -1)[:, first]
+            for i in range(0, len(texts), batch_size):
+                logits = model(**probe.encode_batch(tok, texts[i:i + batch_size])).logits[:, -1].double()
+                out.append(torch.log_softmax(logits, -1)[:, first])
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
     return margin
 
 
