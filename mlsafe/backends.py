@@ -24,9 +24,10 @@ import importlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # annotations only: importing the registry stays light (make reads it often)
+    import torch
 
 #: The backend `make reproduce` and the CLI use when no MODEL is given.
 DEFAULT_BACKEND = "organism"
@@ -114,6 +115,7 @@ def backend_for(spec: str) -> Backend:
 # ----------------------------------------------------------------------------- loaders
 def load_transformers(spec: str, device: str, kind: str = "hub") -> LoadedModel:
     """A local folder or hub id `spec` through transformers; `kind` goes into the result."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mlsafe.results import model_slug
