@@ -211,7 +211,8 @@ def fit_vs_forward(model, tok, harmful, harmless, cfg, margin, *, title: str = "
                    variants=FIT_VARIANTS) -> list[dict]:
     """transfer.fit under each (stats_pass, layer_selection) of `variants`: chosen layer, its
     margin score, stage seconds, and (statistics [+ selection]) / one plain forward pass over
-    the anchors; prints a table row as each fit ends."""
+    the anchors, and the whole fit's wall time (neurons and build_edit included) / that pass
+    (`fit_over_forward`, the ratio issue 17's goal is about); prints a table row as each fit ends."""
     import dataclasses
 
     from mlsafe import transfer
@@ -220,7 +221,7 @@ def fit_vs_forward(model, tok, harmful, harmless, cfg, margin, *, title: str = "
     forward_s = plain_forward_seconds(model, tok, anchors, cfg)
     print(f"\n{title}: plain forward over the anchors {forward_s:.2f} s")
     print(f"{'stats_pass':>10} {'selection':>10} {'layer':>5} {'score':>9} {'stats_s':>8} {'select_s':>8} "
-          f"{'fit_s':>7} {'stats/fwd':>9} {'+select/fwd':>11}")
+          f"{'fit_s':>7} {'stats/fwd':>9} {'+select/fwd':>11} {'fit/fwd':>7}")
     out = []
     for stats_pass, selection in variants:
         c = dataclasses.replace(cfg, stats_pass=stats_pass, layer_selection=selection)
@@ -233,11 +234,12 @@ def fit_vs_forward(model, tok, harmful, harmless, cfg, margin, *, title: str = "
                     "score": chosen["score"], "candidates": report.candidates, "stage_seconds": st,
                     "fit_seconds": total, "forward_seconds": forward_s,
                     "statistics_over_forward": st["statistics"] / forward_s,
-                    "with_selection_over_forward": (st["statistics"] + st["predict"] + st["margins"]) / forward_s})
+                    "with_selection_over_forward": (st["statistics"] + st["predict"] + st["margins"]) / forward_s,
+                    "fit_over_forward": total / forward_s})
         f = out[-1]
         print(f"{stats_pass:>10} {selection:>10} {f['layer']:>5} {f['score']:>9.4f} {st['statistics']:>8.2f} "
               f"{st['predict'] + st['margins']:>8.2f} {total:>7.2f} {f['statistics_over_forward']:>9.2f} "
-              f"{f['with_selection_over_forward']:>11.2f}", flush=True)
+              f"{f['with_selection_over_forward']:>11.2f} {f['fit_over_forward']:>7.2f}", flush=True)
     return out
 
 

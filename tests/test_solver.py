@@ -338,3 +338,35 @@ def test_bench_small_anchor_set_keeps_whole_parallel_ids():
     assert {p.lang for p in h} == {p.lang for p in s} == {"en", "th"} and len(h) == len(s) == 6
     with pytest.raises(ValueError, match="need 9 parallel ids"):
         bench.small_anchor_set(harmful, harmless, 9, ("en", "th"))
+
+
+def test_bench_fit_vs_forward_reports_the_whole_fit_over_one_forward_pass():
+    from mlsafe import tiny, transfer
+
+    _, bench_solver = _bench_modules()
+    tok = tiny.build_tokenizer("llama")
+    model = tiny.build_model("llama", tok, seed=0, hidden=32, layers=2, d_ff=64)
+    harmful, harmless = bench_solver.synthetic_anchors(8)
+    cfg = transfer.EditConfig(targets=["th", "bn"], rank=2, tau_mag=1.0, tau_stat=0.5, val_fraction=0.25)
+    (fit,) = bench_solver.fit_vs_forward(model, tok, harmful, harmless, cfg, bench_solver.token_margin(tok, batch_size=5),
+                                         variants=(("fused", "predicted"),))
+    assert (fit["stats_pass"], fit["layer_selection"]) == ("fused", "predicted")
+    assert fit["fit_over_forward"] == pytest.approx(fit["fit_seconds"] / fit["forward_seconds"])
+    st = fit["stage_seconds"]
+    assert fit["with_selection_over_forward"] == pytest.approx(
+        (st["statistics"] + st["predict"] + st["margins"]) / fit["forward_seconds"])
+
+
+def test_bench_real_section_prints_a_child_result_and_skips_with_the_reason(monkeypatch, capsys):
+    bench, _ = _bench_modules()
+    stages = {"neurons": 0.1, "solve": 2.0, "predict": 0.5, "margins": 1.0, "statistics": 3.0}
+    fake = {"load_seconds": 1.0, "harmful_anchors": 8, "harmless_anchors": 8,
+            "fits": [{"forward_seconds": 4.0, "fit_seconds": 7.0, "layer": 2, "statistics_over_forward": 0.75,
+                      "with_selection_over_forward": 1.125, "fit_over_forward": 1.75, "stage_seconds": stages}],
+            "memory": {"peak_mib": 10.0, "peak_above_before_mib": 4.0, "rss_before_mib": 6.0}}
+    monkeypatch.setattr(bench, "real_model_status", lambda spec=bench.REAL_MODEL: None)
+    monkeypatch.setattr(bench, "run_child", lambda args, timeout: fake)
+    assert bench.section_real(True) is fake
+    out = capsys.readouterr().out
+    assert "whole fit 1.75 (goal <= 1.5: NOT met)" in out and "solve 2.0" in out
+    assert bench.section_real(False) == {"skipped": "--no-real given"}
