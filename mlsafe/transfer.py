@@ -53,6 +53,10 @@ MarginFn = Callable[[torch.nn.Module, list[Prompt]], torch.Tensor]
 SOLVERS = ("whitened", "naive", "nullspace", "ridge")
 STATS_PASSES = ("separate", "fused")
 LAYER_SELECTIONS = ("margins", "predicted")
+#: Which neurons a layer's edit rewrites: "safety" the paper's S = S_mag | S_stat (eq. 13-16);
+#: "all" every neuron of the layer; "gap" the `neuron_k` neurons whose pre-activations sit
+#: farthest from English on the fit pairs (pair_gap_energy); "cohens_d" the top `neuron_k` by d.
+NEURON_SETS = ("safety", "all", "gap", "cohens_d")
 
 
 @dataclass
@@ -78,6 +82,8 @@ class EditConfig:
     stats_pass: str = "separate"
     layer_selection: str = "margins"
     confirm_top: int = 2
+    neuron_set: str = "safety"
+    neuron_k: int | None = None
 
     def __post_init__(self):
         self.targets = list(self.targets)
@@ -97,6 +103,15 @@ class EditConfig:
             raise ValueError(f"layer_selection must be one of {LAYER_SELECTIONS}, got {self.layer_selection!r}")
         if not (isinstance(self.confirm_top, int) and self.confirm_top >= 1):
             raise ValueError(f"confirm_top must be an integer >= 1, got {self.confirm_top!r}")
+        if self.neuron_set not in NEURON_SETS:
+            raise ValueError(f"neuron_set must be one of {NEURON_SETS}, got {self.neuron_set!r}")
+        if (self.neuron_set in ("gap", "cohens_d")) != (self.neuron_k is not None):
+            raise ValueError("neuron_k (a positive integer) goes with neuron_set 'gap' or 'cohens_d' only, "
+                             f"got neuron_set={self.neuron_set!r}, neuron_k={self.neuron_k!r}")
+        if self.neuron_k is not None and not (isinstance(self.neuron_k, int) and self.neuron_k >= 1):
+            raise ValueError(f"neuron_k must be an integer >= 1, got {self.neuron_k!r}")
+        if self.neuron_set == "gap" and self.stats_pass != "fused":
+            raise ValueError("neuron_set='gap' reads X_en^T X_en of the fused statistics pass: set stats_pass='fused'")
         if self.layer == "auto" and self.val_fraction == 0.0:
             raise ValueError("layer='auto' chooses the layer on validation anchors: set val_fraction > 0 "
                              "or give an explicit layer")
@@ -286,6 +301,18 @@ def pair_gap_energy(model, layer: int, st: _LayerStats, module: str = "gate") ->
     return ((w @ ete) * w).sum(-1) / g.n
 
 
+def select_neurons(model, layer: int, sets: neurons.NeuronSets, st: _LayerStats, cfg: EditConfig) -> torch.Tensor:
+    """The sorted neuron indices cfg.neuron_set picks at `layer` (see NEURON_SETS)."""
+    n = sets.cohens_d.numel()
+    if cfg.neuron_set == "safety":
+        return sets.s_safety
+    if cfg.neuron_set == "all":
+        return torch.arange(n)
+    k = min(cfg.neuron_k, n)
+    score = pair_gap_energy(model, layer, st) if cfg.neuron_set == "gap" else sets.cohens_d.clamp(max=1e12)
+    return score.topk(k).indices.sort().values
+
+
 def edit_gram(model, layer: int, module: str, idx: torch.Tensor, st: _LayerStats) -> solver.EditGram:
     """Per-row normalised EditGram of one module (see the module docstring)."""
     w = arch.neuron_weight(model, layer, module).detach()
@@ -401,10 +428,9 @@ def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt] 
                                                    tau_mag=cfg.tau_mag, tau_stat=cfg.tau_stat)
         clock["neurons"] += time.perf_counter() - t1
         report.neuron_sets[layer] = sets
-        idx = sets.s_safety
+        idx = select_neurons(model, layer, sets, st, cfg)
         row = {"layer": layer, "n_neurons": int(idx.numel()),
-               "separability": float(sets.cohens_d[sets.s_safety].clamp(max=1e6).mean())
-               if sets.s_safety.numel() else 0.0}
+               "separability": float(sets.cohens_d[idx].clamp(max=1e6).mean()) if idx.numel() else 0.0}
         report.candidates.append(row)
         if idx.numel() == 0:
             row["score"] = float("-inf")

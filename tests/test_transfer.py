@@ -223,3 +223,32 @@ def test_fit_defaults_margin_and_config_and_takes_the_anchor_pair(tiny_lm):
     edit, report = transfer.fit(model, tok, (harmful, harmless))
     assert edit.hparams["targets"] == sorted({p.lang for p in harmful} - {"en"})
     assert report.layer in range(len(list(model.parameters())))
+
+
+@pytest.mark.parametrize("neuron_set,k", [("all", None), ("gap", 7), ("cohens_d", 5)])
+def test_neuron_set_choices(tiny_lm, neuron_set, k):
+    """cfg.neuron_set picks the edited rows: every neuron, the top-k pair-gap energy, or top-k d."""
+    model, tok = tiny_lm
+    harmful, harmless = _anchors()
+    cfg = transfer.EditConfig(targets=["th", "bn"], layer=1, rank=2, stats_pass="fused",
+                              neuron_set=neuron_set, neuron_k=k)
+    edit, report = transfer.fit(model, tok, harmful, harmless, cfg, margin=_margin_fn(tok))
+    n = arch.d_ff(model)
+    assert edit.neurons.numel() == (n if k is None else k) == report.n_neurons
+    if neuron_set == "gap":
+        energy = transfer.pair_gap_energy(model, 1, report.stats)
+        assert set(edit.neurons.tolist()) == set(energy.topk(k).indices.tolist())
+    if neuron_set == "cohens_d":
+        d = report.neuron_sets[1].cohens_d
+        assert set(edit.neurons.tolist()) == set(d.topk(k).indices.tolist())
+
+
+def test_neuron_set_config_is_checked():
+    with pytest.raises(ValueError, match="neuron_set must be"):
+        transfer.EditConfig(targets=["th"], neuron_set="random")
+    with pytest.raises(ValueError, match="neuron_k"):
+        transfer.EditConfig(targets=["th"], neuron_set="gap", stats_pass="fused")
+    with pytest.raises(ValueError, match="neuron_k"):
+        transfer.EditConfig(targets=["th"], neuron_k=4)
+    with pytest.raises(ValueError, match="fused"):
+        transfer.EditConfig(targets=["th"], neuron_set="gap", neuron_k=4)
