@@ -153,6 +153,8 @@ def test_lanczos_on_a_low_rank_matrix_and_its_determinism():
     torch.testing.assert_close(v.T @ v, torch.eye(3, dtype=F64), rtol=0, atol=1e-12)
     assert torch.equal(v, solver._top_right_singular(a, 3))
     assert solver._top_right_singular(a[:, :40], 3) is None  # too small to beat the Gram path
+    z = solver._top_right_singular(torch.zeros(300, 160, dtype=F64), 3)  # D = 0: any orthonormal basis
+    assert z is not None and torch.allclose(z.T @ z, torch.eye(3, dtype=F64), atol=1e-12)
 
 
 def test_top_eigvecs_are_the_leading_eigenvectors_in_order():
