@@ -137,7 +137,6 @@ NAME_AS_DATA = {
 #: (reported on issue 15); an entry that no longer occurs fails the test, so this only shrinks.
 PENDING = {
     ("mlsafe/baselines/finetune.py", "organism"): "default_sft compares LoadedModel.kind: a policy value",
-    ("mlsafe/commands/__init__.py", "organism"): "--model default: mlsafe.backends.DEFAULT_BACKEND",
 }
 
 

@@ -27,10 +27,12 @@ COMMANDS: dict[str, str] = {
 
 def add_run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options the experiment subcommands share (the Makefile's RUN_ARGS)."""
+    from mlsafe.backends import DEFAULT_BACKEND   # light: the registry imports no torch
+
     p.add_argument("--lang", default="th", help="target language code(s), comma-separated, or 'all' (default: th)")
-    p.add_argument("--model", default="organism",
+    p.add_argument("--model", default=DEFAULT_BACKEND,
                    help="a registered backend name (organism, gemma-270m, ...), a hub id or a local folder "
-                        "(default: organism)")
+                        f"(default: {DEFAULT_BACKEND})")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--data", default="auto", help="auto | fixtures | hub | a local data root (default: auto)")
