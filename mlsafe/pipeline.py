@@ -23,7 +23,7 @@ import torch
 
 import mlsafe
 from mlsafe import evaluate as ev
-from mlsafe import arch, transfer
+from mlsafe import arch, presets, transfer
 from mlsafe.backends import DEFAULT_BACKEND, backend_for
 from mlsafe.controls import random_control_sets
 from mlsafe.edit import SparseEdit
@@ -126,7 +126,7 @@ class Context:
 def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", seed: int = 0, data: str = "auto",
              n_random: int = 3, n_random_asr: int | None = None, out_dir: Path | None = None,
              progress: bool = True, loaded: tuple[LoadedModel, Suite] | None = None, tag: str | None = None,
-             **overrides) -> dict:
+             preset: str = "paper", **overrides) -> dict:
     """Everything for one seed; returns the summary dict (and writes files when out_dir is given).
 
     `loaded` is the (model, suite) pair of `load` when the caller already holds it. `tag` is the
@@ -135,7 +135,8 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
     solver clamps the requested rank to min(rank, d_model, n_neurons)). `n_random` random
     neuron sets of the edit's size, disjoint from it, are fitted with the same solver and
     statistics (the control); all get margins on the target prompts, the first
-    `n_random_asr` (default all) also an ASR with paired tests against the edit.
+    `n_random_asr` (default all) also an ASR with paired tests against the edit. `preset`
+    (mlsafe.presets) sets the edit recipe over the suite's defaults; `overrides` win over both.
     """
     t_load = time.perf_counter()
     lm, suite = loaded or load(model_spec, device=device, seed=seed, data=data)
@@ -143,7 +144,7 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
     n_random_asr = n_random if n_random_asr is None else min(n_random_asr, n_random)
 
     # 1. fit the edit first (it leaves the model untouched): bad anchors fail fast
-    cfg = edit_config(targets, seed, suite, **overrides)
+    cfg = edit_config(targets, seed, suite, **{**presets.resolve(preset, lm.model), **overrides})
     t0 = time.perf_counter()
     edit, report = transfer.fit(lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, cfg,
                                 margin=margin_fn(suite, lm.tokenizer), progress=progress)
@@ -166,6 +167,7 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
 
     sets = report.neuron_sets[report.layer]
     edit_block = {
+        "preset": preset, "neuron_set": cfg.neuron_set, "neuron_k": cfg.neuron_k,
         "layer": report.layer, "n_neurons": report.n_neurons, "rank": edit.hparams["rank"],
         "requested_rank": cfg.rank, "gamma": cfg.gamma,
         "lam": cfg.lam, "modules": list(cfg.modules), "position": cfg.position,
@@ -365,9 +367,17 @@ def planned_files(seeds: Sequence[int], main_seed: int, extras: bool) -> set[str
     return files
 
 
+def run_key(targets: Sequence[str], preset: str = "paper") -> str:
+    """The results folder name of a run: the target key, suffixed "-<preset>" for every preset
+    but the paper's (so a preset run never replaces the paper run's results)."""
+    if preset not in presets.PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets.PRESETS)}")
+    return target_key(targets) + ("" if preset == "paper" else f"-{preset}")
+
+
 def reproduce(lang: str, model: str = DEFAULT_BACKEND, *, device: str = "cpu", seed: int = 0,
               seeds: Sequence[int] = (), data: str = "auto", progress: bool = True, extras: bool = True,
-              force: bool = False, **overrides) -> Path:
+              force: bool = False, preset: str = "paper", **overrides) -> Path:
     """The main job. The seed `seed` run is the summary; other `seeds` add a spread block.
 
     With `extras`, the safety-neuron diagnostics (diagnostics.json) and the lab's rank x
@@ -379,7 +389,7 @@ def reproduce(lang: str, model: str = DEFAULT_BACKEND, *, device: str = "cpu", s
     """
     targets = parse_targets(lang)
     runs = {}
-    out_dir = results_dir(model, target_key(targets))
+    out_dir = results_dir(model, run_key(targets, preset))
     all_seeds = list(dict.fromkeys([seed, *seeds]))
     defaults = backend_for(model).defaults  # the backend's run policy (mlsafe.backends)
     controls = {k: defaults[k] for k in ("n_random", "n_random_asr") if k in defaults}
@@ -393,7 +403,8 @@ def reproduce(lang: str, model: str = DEFAULT_BACKEND, *, device: str = "cpu", s
             loaded = load(model, device=device, seed=s, data=data)
             load_s = time.perf_counter() - t0
             summary = run_seed(model, targets, device=device, seed=s, data=data, progress=progress,
-                               out_dir=stage, loaded=loaded, tag=seed_tag(s, seed), **controls, **overrides)
+                               out_dir=stage, loaded=loaded, tag=seed_tag(s, seed), preset=preset,
+                               **controls, **overrides)
             summary["timing"].update(load_seconds=load_s, run_seconds=time.perf_counter() - t0)
             runs[s] = summary
             if s == seed:

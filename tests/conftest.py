@@ -27,7 +27,7 @@ MARKERS = {
 #: test file (relative to tests/) -> layer; a folder ending in "/" covers every file under it.
 LAYERS = {
     "test_anchors.py": UNIT, "test_corpus.py": UNIT, "test_generation_budget.py": UNIT, "test_house.py": UNIT,
-    "test_judge_cli.py": UNIT, "test_judge_dev_real.py": UNIT, "test_limits.py": UNIT, "test_neurons.py": UNIT,
+    "test_judge_cli.py": UNIT, "test_judge_dev_real.py": UNIT, "test_limits.py": UNIT, "test_presets.py": UNIT, "test_neurons.py": UNIT,
     "test_paper.py": UNIT,
     "test_report.py": UNIT, "test_solver.py": UNIT, "test_stats.py": UNIT,
     "test_ablations.py": INTEGRATION, "test_arch.py": INTEGRATION, "test_backends.py": INTEGRATION,

@@ -19,6 +19,8 @@ def add_arguments(p):
     p.add_argument("--rank", default=None, help="rank of the edit, a positive integer (clamped to "
                                                 "min(rank, d_model, n_neurons); the summary records the "
                                                 "effective rank)")
+    p.add_argument("--preset", default="paper", help="edit recipe of mlsafe.presets: paper (default) or best; "
+                                                     "a non-paper preset writes results/<model>/<lang>-<preset>/")
     p.add_argument("--extras", dest="extras", action="store_true", default=None,
                    help="also write the safety-neuron diagnostics and the lab grid (default: the backend's "
                         "policy: on for the organism, off for real models on CPU)")
@@ -56,14 +58,21 @@ def check_device(device: str) -> None:
 def check_run_args(args):
     """Validate the shared run options before any model is loaded (UserError, one line); returns
     the results folder results/<model>/<lang> (checked to be creatable and writable)."""
-    from mlsafe.langs import parse_targets, target_key
+    from mlsafe.langs import parse_targets
     from mlsafe.results import check_writable, results_dir
 
     _int(args.seed, "--seed", 0)
     for s in getattr(args, "seeds", None) or []:
         _int(s, "--seeds", 0)
     check_device(args.device)
-    out_dir = results_dir(args.model, target_key(parse_targets(args.lang)))
+    from mlsafe.errors import UserError
+    from mlsafe.pipeline import run_key
+
+    try:
+        key = run_key(parse_targets(args.lang), getattr(args, "preset", "paper"))
+    except ValueError as err:
+        raise UserError(f"--preset: {err}") from None
+    out_dir = results_dir(args.model, key)
     check_writable(out_dir)
     return out_dir
 
@@ -85,6 +94,6 @@ def run(args) -> int:
         default_seeds[1:] if default_seeds[:1] == [int(args.seed)] else [])
     extras = args.extras if args.extras is not None else bool(policy.get("extras", False))
     path = reproduce(args.lang, args.model, device=args.device, seed=args.seed, seeds=seeds,
-                     data=args.data, extras=extras, force=args.force, **overrides)
+                     data=args.data, extras=extras, force=args.force, preset=args.preset, **overrides)
     print(f"[mlsafe] wrote {path}")
     return 0

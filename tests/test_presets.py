@@ -1,0 +1,31 @@
+"""mlsafe.presets and the results folder a preset run writes to."""
+
+import pytest
+
+from mlsafe import presets, transfer
+from mlsafe.pipeline import run_key
+from tiny import tiny_model
+
+
+def test_presets_resolve_to_valid_edit_configs():
+    model = tiny_model("qwen2")            # 2 layers
+    assert presets.resolve("paper", model) == {}
+    best = presets.resolve("best", model)
+    assert best["neuron_set"] == "all" and best["layer_selection"] == "margins"
+    assert set(best["candidate_layers"]) <= {0, 1}
+    cfg = transfer.EditConfig(targets=["th"], **best)   # accepted as it stands
+    assert cfg.neuron_set == "all"
+    with pytest.raises(ValueError, match="unknown preset"):
+        presets.resolve("fast", model)
+
+
+def test_best_candidates_are_the_last_third_without_the_final_layer(monkeypatch):
+    monkeypatch.setattr(presets.arch, "n_layers", lambda model: 24)   # only the depth matters
+    assert presets.resolve("best", object())["candidate_layers"] == list(range(16, 23))
+
+
+def test_run_key_keeps_preset_runs_apart():
+    assert run_key(["th"]) == "th"
+    assert run_key(["ja"], "best") == "ja-best"
+    with pytest.raises(ValueError, match="unknown preset"):
+        run_key(["th"], "nope")
