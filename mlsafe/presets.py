@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mlsafe import arch
-
 PRESETS: dict[str, Callable[[object], dict]] = {}
 
 
@@ -39,6 +37,8 @@ def best(model) -> dict:
     """Every neuron of one layer in the last third (the MLP-output ceiling lies there), the layer
     chosen among those candidates by validation margins (the closed-form predicted ranking picks
     the earliest layers, which carry nothing: results/qwen2.5-coder-0.5b/ceiling)."""
+    from mlsafe import arch   # here, so that `mlsafe --help` reads the registry without torch
+
     n = arch.n_layers(model)
     late = list(range((2 * n) // 3, n - 1)) if n > 3 else list(range(n))
     return {"neuron_set": "all", "candidate_layers": late, "layer_selection": "margins", "stats_pass": "fused"}

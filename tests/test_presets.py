@@ -20,7 +20,7 @@ def test_presets_resolve_to_valid_edit_configs():
 
 
 def test_best_candidates_are_the_last_third_without_the_final_layer(monkeypatch):
-    monkeypatch.setattr(presets.arch, "n_layers", lambda model: 24)   # only the depth matters
+    monkeypatch.setattr("mlsafe.arch.n_layers", lambda model: 24)   # only the depth matters
     assert presets.resolve("best", object())["candidate_layers"] == list(range(16, 23))
 
 

@@ -15,17 +15,14 @@ HELP = "fit the sparse safety edit for a model; write edit.safetensors, README.m
 ANY_LANGUAGE = True
 EXAMPLE = "mlsafe edit ./my-model --lang th,bn --out edits/th-bn --anchors my_anchors.jsonl"
 
-#: Named EditConfig settings. "paper": the paper's reported values (tau_mag 2.0, tau_stat 1.0,
-#: rank 8, gate and up rows of S) and this project's defaults where the paper is OPEN
-#: (gamma, lambda, token position, layer chosen on validation anchors).
-PRESETS: dict[str, dict] = {"paper": {}}
-
-
 def add_arguments(p):
+    from mlsafe.presets import PRESETS
+
     p.add_argument("model", help="a model folder, hub id or registered name (organism, gemma-270m, ...)")
     p.add_argument("--lang", required=True, help="target language code(s), comma-separated, or 'all'")
     p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) folder to write the edit into")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="hyper-parameters (default: paper)")
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
+                   help="edit recipe of mlsafe.presets (default: paper, the paper's as written)")
     p.add_argument("--anchors", metavar="FILE|FOLDER",
                    help="user anchors in JSONL (see mlsafe.data.anchors); default: the model's suite anchors")
     p.add_argument("--data", default="auto",
@@ -172,7 +169,7 @@ def run(args) -> int:
 
     import torch
 
-    from mlsafe import export, transfer
+    from mlsafe import export, presets, transfer
     from mlsafe.data import anchors as user_anchors
     from mlsafe.errors import UserError
     from mlsafe.evaluate.margin import default_margin
@@ -192,8 +189,8 @@ def run(args) -> int:
     if args.anchors:  # cheap and user-made: check before the model loads
         harmful, harmless = user_anchors.load(args.anchors, targets=targets)
     overrides = {k: v for k, v in (("layer", layer), ("rank", args.rank)) if v is not None}
-    try:
-        cfg = transfer.EditConfig(targets=targets, seed=args.seed, **{**PRESETS[args.preset], **overrides})
+    try:   # checked before the model loads; the preset's layer choices are resolved after
+        transfer.EditConfig(targets=targets, seed=args.seed, **overrides)
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -213,6 +210,11 @@ def run(args) -> int:
                             "give your own with --anchors FILE")
         margin = margin_fn(suite, lm.tokenizer)
     load_s = time.perf_counter() - t0
+    try:
+        cfg = transfer.EditConfig(targets=targets, seed=args.seed,
+                                  **{**presets.resolve(args.preset, lm.model), **overrides})
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
     t0 = time.perf_counter()
     try:
