@@ -11,17 +11,20 @@ def test_presets_resolve_to_valid_edit_configs():
     model = tiny_model("qwen2")            # 2 layers
     assert presets.resolve("paper", model) == {}
     best = presets.resolve("best", model)
-    assert best["neuron_set"] == "all" and best["layer_selection"] == "margins"
+    assert best["neuron_set"] == "gap" and best["layer_selection"] == "margins"
+    assert best["neuron_k"] == 48 // 2          # half the tiny layer (d_ff 48): a disjoint control fits
     assert set(best["candidate_layers"]) <= {0, 1}
     cfg = transfer.EditConfig(targets=["th"], **best)   # accepted as it stands
-    assert cfg.neuron_set == "all"
+    assert cfg.neuron_set == "gap" and cfg.stats_pass == "fused"
     with pytest.raises(ValueError, match="unknown preset"):
         presets.resolve("fast", model)
 
 
 def test_best_candidates_are_the_last_third_without_the_final_layer(monkeypatch):
-    monkeypatch.setattr("mlsafe.arch.n_layers", lambda model: 24)   # only the depth matters
-    assert presets.resolve("best", object())["candidate_layers"] == list(range(16, 23))
+    monkeypatch.setattr("mlsafe.arch.n_layers", lambda model: 24)   # only the shapes matter
+    monkeypatch.setattr("mlsafe.arch.d_ff", lambda model: 4864)
+    best = presets.resolve("best", object())
+    assert best["candidate_layers"] == list(range(16, 23)) and best["neuron_k"] == 1024
 
 
 def test_run_key_keeps_preset_runs_apart():
