@@ -47,8 +47,9 @@ BOOK_MODEL := organism
 BOOK_MODEL_08_gemma := gemma-270m
 BOOK_MODEL_09_real_model := qwen2.5-coder-0.5b
 BOOK_MODEL_10_own_model := qwen2.5-coder-0.5b
+BOOK_MODEL_11_where_it_stops := qwen2.5-coder-0.5b
 RUN_MODEL := $(MODEL)
-BOOK_RUN := $(filter $(RUN_MODEL),$(BOOK_MODEL) $(BOOK_MODEL_08_gemma) $(BOOK_MODEL_09_real_model) $(BOOK_MODEL_10_own_model))
+BOOK_RUN := $(filter $(RUN_MODEL),$(BOOK_MODEL) $(BOOK_MODEL_08_gemma) $(BOOK_MODEL_09_real_model) $(BOOK_MODEL_10_own_model) $(BOOK_MODEL_11_where_it_stops))
 # results/<slug> naming (mlsafe.results.model_slug); expanded only in recipes, after the venv exists
 RUN_SLUG = $(shell $(PY) -c 'import sys; from mlsafe.results import model_slug; print(model_slug(sys.argv[1]))' '$(RUN_MODEL)')
 chapter_dir = $(if $(filter $(RUN_MODEL),$(BOOK_MODEL) $(BOOK_MODEL_$(1))),$(CHAPTERS_DIR),_build/$(RUN_SLUG)/chapters)
@@ -76,6 +77,9 @@ notebook-09_real_model: override TARGET_LANG = all
 # Chapter 10 runs the CLI on tiny models and shows the commands' committed Qwen numbers.
 notebook-10_own_model: override MODEL = qwen2.5-coder-0.5b
 notebook-10_own_model: override TARGET_LANG = ja
+# Chapter 11 reads the packaged Qwen's ceiling, search and LANG=ja PRESET=best results.
+notebook-11_where_it_stops: override MODEL = qwen2.5-coder-0.5b
+notebook-11_where_it_stops: override TARGET_LANG = ja
 
 notebook-%: notebooks/%.md $(VENV_STAMP)
 	@mkdir -p $(call chapter_dir,$*) _build/notebooks

@@ -180,7 +180,8 @@ register_backend(Backend("gemma-270m", "gemma-270m", _gemma, "mlsafe.suites:gemm
 register_backend(Backend("qwen2.5-coder-0.5b", "packaged", partial(_packaged, "QWEN_CODER_05B"),
                          "mlsafe.data.real:real_model_suite",
                          {**_CPU_REAL, "extra": "qwen05", "packaged": "QWEN_CODER_05B",
-                          "chapters": "notebook-09_real_model"}))
+                          "chapters": ("notebook-09_real_model", "notebook-10_own_model",
+                                       "notebook-11_where_it_stops")}))
 register_backend(Backend("qwen2.5-coder-1.5b", "packaged", partial(_packaged, "QWEN_CODER_15B"),
                          "mlsafe.data.real:real_model_suite",
                          {**_CPU_REAL, "extra": "qwen15", "packaged": "QWEN_CODER_15B"}))

@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=3, help="layers kept for steps 2-3")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--stats-cache", default=None, help="a scratch file to keep/reuse the statistics")
+    ap.add_argument("--kl", choices=("all", "final"), default="final",
+                    help="first-token KL for every trial or only steps 2-3 (default: final)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -65,14 +68,29 @@ def main() -> None:
     print(f"anchors: fit harmful {len(anchors.fit_harmful)}, harmless {len(anchors.fit_harmless)}; "
           f"val harmful {len(anchors.val_harmful)}, harmless {len(anchors.val_harmless)}", flush=True)
     t1 = time.perf_counter()
-    stats = transfer.collect_stats(lm.model, lm.tokenizer, anchors, cfg, layers, progress=True,
-                                   validation_pairs=True)
+    cache = Path(args.stats_cache) if args.stats_cache else None
+    if cache is not None and cache.exists():   # a scratch cache of this script's own statistics
+        stats = torch.load(cache, weights_only=False)
+    else:
+        stats = transfer.collect_stats(lm.model, lm.tokenizer, anchors, cfg, layers, progress=True,
+                                       validation_pairs=True)
+        if cache is not None:
+            torch.save(stats, cache)
     stats_s = time.perf_counter() - t1
     before = transfer.validation_margins(lm.model, anchors, cfg, margin)
     print(f"validation margins before: target {before[0]:+.3f} harmless {before[1]:+.3f} source {before[2]:+.3f}",
           flush=True)
     trials = []
     val_harmless = list(anchors.val_harmless)
+    out = Path(args.out) if args.out else ROOT / "results" / args.model / "search"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(complete: bool) -> None:
+        write_json(out / "search.json", {"model": args.model, "targets": cfg.targets, "layers": layers,
+                                         "before": dict(zip(("target", "harmless", "source"), before)),
+                                         "n_val": {"harmful": len(anchors.val_harmful), "harmless": len(val_harmless)},
+                                         "stats_seconds": stats_s, "seconds": time.perf_counter() - t0,
+                                         "complete": complete, "trials": trials})
 
     def score(edits, **info):
         t = time.perf_counter()
@@ -86,9 +104,10 @@ def main() -> None:
                "n_neurons": sum(int(e.neurons.numel()) for e in edits),
                "fraction_of_parameters": sum(e.fraction_of_parameters(lm.model) for e in edits),
                "seconds": time.perf_counter() - t}
-        if len(edits) == 1:
+        if len(edits) == 1 and (args.kl == "all" or info["step"] != "layer"):
             row["first_token_kl"] = first_token_kl(lm.model, lm.tokenizer, val_harmless, edits[0])
         trials.append(row)
+        save(complete=False)     # every trial lands on disk: a stopped search keeps what it measured
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                           if k != "first_token_kl"}), flush=True)
         return row
@@ -118,13 +137,12 @@ def main() -> None:
         st = stats[layer]
         fp = base_edits[(layer, kind)].base_fingerprint
         energy = transfer.pair_gap_energy(lm.model, layer, st)
-        for k in (256, 1024, 2048):
+        for k in (1024,):
             idx = energy.topk(k).indices.sort().values
             score([transfer.build_edit(lm.model, layer, idx, st, cfg, base_fingerprint=fp)],
                   step="gap_topk", neurons=f"gap{k}", layer=layer, k=k)
         idx = base_edits[(layer, kind)].neurons
-        for name, kw in (("rank", {"rank": 32}), ("rank", {"rank": 2}), ("gamma", {"gamma": 0.1}),
-                         ("gamma", {"gamma": 10.0}), ("modules", {"modules": ("gate",)}),
+        for name, kw in (("rank", {"rank": 32}), ("gamma", {"gamma": 0.1}), ("gamma", {"gamma": 10.0}),
                          ("modules", {"modules": ("up",)})):
             c2 = transfer.EditConfig(**{**cfg.__dict__, **kw})
             score([transfer.build_edit(lm.model, layer, idx, st, c2, base_fingerprint=fp)],
@@ -133,13 +151,7 @@ def main() -> None:
     for n in range(2, len(top) + 1):   # step 3: several layers together (each from unedited statistics)
         score([base_edits[t] for t in top[:n]], step="multi_layer", layers=[t[0] for t in top[:n]],
               neurons=[t[1] for t in top[:n]])
-    out = Path(args.out) if args.out else ROOT / "results" / args.model / "search"
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "search.json", {"model": args.model, "targets": cfg.targets, "layers": layers,
-                                     "before": dict(zip(("target", "harmless", "source"), before)),
-                                     "n_val": {"harmful": len(anchors.val_harmful), "harmless": len(val_harmless)},
-                                     "stats_seconds": stats_s, "seconds": time.perf_counter() - t0,
-                                     "trials": trials})
+    save(complete=True)
     print(f"wrote {out / 'search.json'} ({time.perf_counter() - t0:.0f} s)")
 
 
