@@ -17,7 +17,7 @@ Sections (each prints its goal beside the figure; goals are printed, never asser
 4. real model: sections 2-3's figures for qwen2.5-coder-0.5b with a small anchor set and the
    suite's edit defaults, in a child process, when its pip extra is installed and its
    converted weights are cached (otherwise skipped, saying why; never downloads).
-5. edit / training: the ratios in results/<MODEL>/<LANG>/cost.json, which scripts/bench_cost.py
+5. edit / training: the ratios in results/<MODEL>/<LANG>/cost.json, which `python -m mlsafe baselines --only cost`
    (run just before by `make bench`) writes, when that file exists.
 
 Writes results/bench/bench.json atomically (mlsafe.results.write_json): every figure, the
@@ -291,13 +291,13 @@ def section_cost(model: str | None, lang: str | None) -> dict:
     from mlsafe.langs import parse_targets, target_key
     from mlsafe.results import read_json, results_dir
 
-    print("\n== 5. edit vs training (scripts/bench_cost.py)")
+    print("\n== 5. edit vs training (python -m mlsafe baselines --only cost)")
     if not model:
         print("skipped: no --cost-model given")
         return {"skipped": "no --cost-model given"}
     path = results_dir(model, target_key(parse_targets(lang or "th"))) / "cost.json"
     if not path.exists():
-        print(f"skipped: {path} does not exist (run scripts/bench_cost.py --model {model} --lang {lang})")
+        print(f"skipped: {path} does not exist (run python -m mlsafe baselines --model {model} --lang {lang} --only cost)")
         return {"skipped": f"{path} does not exist"}
     c = read_json(path)
     shown = path.resolve().relative_to(ROOT) if ROOT in path.resolve().parents else path
