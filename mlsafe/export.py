@@ -59,7 +59,11 @@ def staged_folder(out_dir: str | Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        mask = _umask()
+        os.chmod(tmp, 0o777 & ~mask)
+        for f in tmp.rglob("*"):      # some writers (safetensors) create 0600 files: the umask's modes
+            if f.is_file():
+                os.chmod(f, 0o666 & ~mask)
         try:
             os.replace(tmp, out)
         except OSError as err:

@@ -53,6 +53,12 @@ def test_merged_adapter_and_edit_agree(model_type, tmp_path):
     adapter = export.save_adapter(edit, model, tmp_path / "adapter")
     after = weights(model)
     assert all(torch.equal(after[k], base_weights[k]) for k in base_weights)  # bit-exact revert
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    for folder in (merged, adapter):   # every file gets the umask's mode (safetensors writes 0600)
+        modes = {f.name: f.stat().st_mode & 0o777 for f in folder.iterdir() if f.is_file()}
+        assert modes and set(modes.values()) == {0o666 & ~mask}, modes
     with edit.applied(model):  # the model is still the edit's base
         pass
 
