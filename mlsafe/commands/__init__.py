@@ -25,6 +25,17 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def chosen(values, allowed, what: str) -> list:
+    """`values` (or every allowed one when None), each checked to be in `allowed` (UserError naming them)."""
+    from mlsafe.errors import UserError
+
+    values = list(values or allowed)
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise UserError(f"unknown {what} {bad}; choose from {list(allowed)}")
+    return values
+
+
 def add_run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options the experiment subcommands share (the Makefile's RUN_ARGS)."""
     from mlsafe.backends import DEFAULT_BACKEND   # light: the registry imports no torch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlsafe.commands import add_run_args
+from mlsafe.commands import add_run_args, chosen
 
 HELP = "run some ablations of the edit, write ablations.csv"
 EXAMPLE = "mlsafe ablate --lang th --model gemma-270m --only multi_layer"
@@ -17,14 +17,10 @@ def add_arguments(p):
 def run(args) -> int:
     from mlsafe.ablations import ABLATIONS, run_ablations
     from mlsafe.commands.reproduce import _int, check_run_args
-    from mlsafe.errors import UserError
     from mlsafe.results import run_lock
     from mlsafe.suites import load
 
-    only = args.only or list(ABLATIONS)
-    bad = [a for a in only if a not in ABLATIONS]
-    if bad:
-        raise UserError(f"unknown ablation(s) {bad}; choose from {list(ABLATIONS)}")
+    only = chosen(args.only, ABLATIONS, "ablation(s)")
     max_layers = _int(args.max_layers, "--max-layers", 1)
     out = check_run_args(args)  # the same folder as reproduce's (keyed by --model, not the loaded name)
     with run_lock(out):  # not while a reproduce run swaps this folder

@@ -9,7 +9,7 @@ the backend's policy affords baselines, `make bench` the cost stage alone.
 
 from __future__ import annotations
 
-from mlsafe.commands import add_run_args
+from mlsafe.commands import add_run_args, chosen
 
 HELP = "cost benchmark, baselines and ablations (cost.json, baselines.csv, ablations.csv)"
 EXAMPLE = "mlsafe baselines --lang th --model organism --only cost"
@@ -33,10 +33,7 @@ def run(args) -> int:
     from mlsafe.errors import UserError
     from mlsafe.results import run_lock
 
-    stages = args.only or list(STAGES)
-    bad = [s for s in stages if s not in STAGES]
-    if bad:
-        raise UserError(f"unknown stage(s) {bad}; choose from {list(STAGES)}")
+    stages = chosen(args.only, STAGES, "stage(s)")
     max_steps = _int(args.max_steps, "--max-steps", 1)
     if args.lr is not None and not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
