@@ -42,7 +42,7 @@ def best(model) -> dict:
     English's closes at most 18 % at any layer); the whole MLP output carries up to 78 % at
     layer 17; every neuron of layer 17 gains +1.01 nats but also +0.14 on harmless prompts;
     its 1,024 top pair-gap neurons gain +0.83 with -0.03 on harmless (score 0.572, 0.29 % of
-    the parameters). Every neuron with gamma 10 scores higher (0.63: +0.91, harmless +0.02) but
+    the parameters). Every neuron with gamma 10 scores higher (0.64: +0.91, harmless +0.02) but
     ran after this preset was fixed, and an edit of every neuron has no disjoint random control;
     capping k at half the layer leaves room for one.
     The closed-form predicted ranking is not used: it ranks the earliest layers first."""
