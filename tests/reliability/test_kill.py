@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,20 +46,26 @@ def test_sigkill_at_any_point_leaves_the_old_or_the_new_complete_set(tmp_path):
     assert sorted(old) == RUN_FILES and json.loads(old["summary.json"])["edit"]["rank"] > 1
 
     def staged(name=None):
-        return any((p / name).exists() if name else True for p in out.parent.glob(".th.staging-*"))
+        """A staging folder of the current run (not one an earlier killed run left) exists
+        (holding `name`)."""
+        return any((p / name).exists() if name else True
+                   for p in out.parent.glob(".th.staging-*") if p.name not in earlier)
 
     triggers = [("after 1 s", lambda t: t > 1.0), ("after 3 s", lambda t: t > 3.0),
                 ("staging folder created", lambda t: staged()),
                 ("summary.json staged", lambda t: staged("summary.json"))]
     outcomes = []
     for label, fire in triggers:
+        earlier = {p.name for p in out.parent.glob(".th.staging-*")}
         proc = subprocess.Popen(argv + ["--rank", "1"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         t0 = time.monotonic()
         while proc.poll() is None and not fire(time.monotonic() - t0):
             time.sleep(0.005)
         if label == "staging folder created" and proc.poll() is None:
-            # before: two concurrent runs both exited 0 and the last writer won
+            # before: two concurrent runs both exited 0 and the last writer won. The first run is
+            # frozen while it holds the lock, so it cannot finish before the second one asks.
+            proc.send_signal(signal.SIGSTOP)
             second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
             assert second.returncode == 2 and "being written by another mlsafe run" in second.stderr
             assert len(second.stderr.strip().splitlines()) == 1
