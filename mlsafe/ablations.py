@@ -35,6 +35,7 @@ import pandas as pd
 
 from mlsafe import arch, neurons, transfer
 from mlsafe.langs import parse_targets
+from mlsafe.registry import registrar
 from mlsafe.pipeline import METRICS, Context, Suite
 from mlsafe.results import write_atomic
 
@@ -121,14 +122,8 @@ def _gamma_only_lam(model, layer, idx, st, cfg) -> float:
 REGISTRY: dict[str, Callable[[_Table], None]] = {}
 
 
-def register_ablation(name: str):
-    """Decorator: register `fn(t: _Table)` as the ablation `name` (once)."""
-    def deco(fn):
-        if name in REGISTRY:
-            raise ValueError(f"ablation {name!r} is already registered")
-        REGISTRY[name] = fn
-        return fn
-    return deco
+#: Decorator: register `fn(t: _Table)` as the ablation `name` (once).
+register_ablation = registrar(REGISTRY, "ablation")
 
 
 @register_ablation("rank")

@@ -31,6 +31,7 @@ import torch
 from transformers import DynamicCache
 
 from mlsafe import arch, chat
+from mlsafe.evaluate.margin import margin_from_logprobs
 
 SITES = ("neurons", "mlp", "residual")
 
@@ -105,8 +106,8 @@ def patched(model, layer: int, site: str, values: torch.Tensor, idx: torch.Tenso
 
 def margins_from_logits(logits: torch.Tensor, refusal_ids: Sequence[int], comply_ids: Sequence[int]) -> torch.Tensor:
     """logsumexp of refusal-token log-probs minus that of compliance tokens, float64 [batch]."""
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    return (torch.logsumexp(logp[:, list(refusal_ids)], -1) - torch.logsumexp(logp[:, list(comply_ids)], -1)).cpu()
+    logp = torch.log_softmax(logits.double(), dim=-1)[:, [*refusal_ids, *comply_ids]]
+    return margin_from_logprobs(logp, len(refusal_ids)).cpu()
 
 
 def _inputs(ids: Sequence[Sequence[int]], pad_id: int, device) -> dict:

@@ -35,6 +35,32 @@ def ceiling_peaks(record: Mapping) -> pd.DataFrame:
     return pd.DataFrame.from_dict(out, orient="index").sort_index()
 
 
+def plot_ceiling(record: Mapping, title: str | None = None):
+    """One panel per language: the share of the gap closed per layer for each site (the
+    residual solid, the MLP dashed, the safety neurons S dotted). Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    frame = ceiling_frame(record)
+    langs = sorted(frame.index.get_level_values("lang").unique())
+    fig, axes = plt.subplots(1, len(langs), figsize=(3.8 * len(langs), 3.0), squeeze=False, sharey=True)
+    for ax, lang in zip(axes[0], langs):
+        sub = frame.loc[lang]
+        for site, style in (("residual", "-"), ("mlp", "--"), ("neurons", ":")):
+            if site in sub and sub[site].notna().any():
+                ax.plot(sub.index, sub[site], style, marker="o", ms=3,
+                        label={"neurons": "safety neurons S"}.get(site, site))
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axhline(1, color="grey", lw=0.5, ls=":")
+        ax.set_title(lang)
+        ax.set_xlabel("layer")
+    axes[0][0].set_ylabel("share of the gap closed")
+    axes[0][0].legend(frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
 def search_frame(record: Mapping) -> pd.DataFrame:
     """Every trial of the search: step, neurons, layer(s), the varied factor, validation gains,
     score, |S|, share of parameters and mean first-token KL on harmless validation anchors."""

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mlsafe.registry import registrar
+
 PRESETS: dict[str, Callable[[object], dict]] = {}
 
 
-def register_preset(name: str):
-    def deco(fn):
-        PRESETS[name] = fn
-        return fn
-    return deco
+#: Decorator: register `fn(model) -> dict` as the preset `name` (once).
+register_preset = registrar(PRESETS, "preset")
 
 
 @register_preset("paper")

@@ -180,7 +180,7 @@ def chat_texts(tokenizer, prompts: Sequence[Prompt], *, with_response: bool = Fa
     return out
 
 
-def _pairs(harmful: Sequence[Prompt], source: str, targets: Sequence[str]) -> tuple[list[Prompt], list[Prompt]]:
+def parallel_pairs(harmful: Sequence[Prompt], source: str, targets: Sequence[str]) -> tuple[list[Prompt], list[Prompt]]:
     """Target-language harmful prompts and their source-language originals, row by row."""
     by_id = {p.parallel_id: p for p in harmful if p.lang == source}
     low, src = [], []
@@ -223,9 +223,9 @@ def collect_stats(model, tokenizer, anchors: Anchors, cfg: EditConfig, layers: S
     kw = dict(batch_size=cfg.batch_size, progress=progress)
     src_harm = [p for p in anchors.fit_harmful if p.lang == cfg.source]
     src_safe = [p for p in anchors.fit_harmless if p.lang == cfg.source]
-    low, src = _pairs(anchors.fit_harmful, cfg.source, cfg.targets)
+    low, src = parallel_pairs(anchors.fit_harmful, cfg.source, cfg.targets)
     conversations = anchors.fit_harmless + src_harm
-    val_low, val_src = _pairs(anchors.val_harmful, cfg.source, cfg.targets) if validation_pairs else ([], [])
+    val_low, val_src = parallel_pairs(anchors.val_harmful, cfg.source, cfg.targets) if validation_pairs else ([], [])
     if cfg.stats_pass == "separate":
         acts_h = probe.collect(model, tokenizer, chat_texts(tokenizer, src_harm), layers,
                                position=cfg.position, what=("activations",), **kw)
@@ -381,6 +381,12 @@ def _score(model, edit: SparseEdit, anchors: Anchors, cfg: EditConfig, margin: M
     (and minus any margin lost on source harmful prompts); `before` = validation_margins unedited."""
     with edit.applied(model):
         after = validation_margins(model, anchors, cfg, margin)
+    return score_gains(before, after)
+
+
+def score_gains(before: Sequence[float], after: Sequence[float]) -> dict:
+    """The validation score from validation_margins before and after an edit: the margin gain
+    on target harmful prompts minus any gain on harmless ones and any loss on source harmful."""
     gain_h, gain_s, gain_src = (a - b for a, b in zip(after, before))
     return {"val_gain_harmful": gain_h, "val_gain_harmless": gain_s, "val_gain_source": gain_src,
             "score": gain_h - max(gain_s, 0.0) - max(-gain_src, 0.0)}

@@ -98,9 +98,7 @@ def main() -> None:
             for e in edits:
                 stack.enter_context(e.applied(lm.model))
             after = transfer.validation_margins(lm.model, anchors, cfg, margin)
-        gain_h, gain_s, gain_src = (a - b for a, b in zip(after, before))
-        row = {**info, "val_gain_harmful": gain_h, "val_gain_harmless": gain_s, "val_gain_source": gain_src,
-               "score": gain_h - max(gain_s, 0.0) - max(-gain_src, 0.0),
+        row = {**info, **transfer.score_gains(before, after),
                "n_neurons": sum(int(e.neurons.numel()) for e in edits),
                "fraction_of_parameters": sum(e.fraction_of_parameters(lm.model) for e in edits),
                "seconds": time.perf_counter() - t}

@@ -49,3 +49,14 @@ def test_search_frame_best_and_share():
     with pytest.raises(ValueError, match="no trial"):
         limits.best_trial(f, "gamma")
     assert limits.share_of_target_gap(SEARCH, 1.0) == pytest.approx(0.5)
+
+
+def test_plot_ceiling_draws_one_panel_per_language_and_every_site_it_has():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = limits.plot_ceiling(CEILING, "title")
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["ja", "th"]
+    assert len(axes[0].lines) == 2 + 2 and len(axes[1].lines) == 1 + 2   # sites + the two guide lines
+    assert fig._suptitle.get_text() == "title"

@@ -32,3 +32,9 @@ def test_run_key_keeps_preset_runs_apart():
     assert run_key(["ja"], "best") == "ja-best"
     with pytest.raises(ValueError, match="unknown preset"):
         run_key(["th"], "nope")
+
+
+def test_a_preset_name_is_registered_once():
+    with pytest.raises(ValueError, match="preset 'paper' is already registered"):
+        presets.register_preset("paper")(lambda model: {})
+    assert presets.resolve("paper", None) == {}

@@ -143,7 +143,7 @@ def test_fused_statistics_pass_equals_the_separate_passes():
                 else:
                     torch.testing.assert_close(getattr(ga, t), getattr(gb, t), **close)
         # the fused pairs' X_en^T X_en equals a separate pass over the English originals alone
-        low, src = transfer._pairs(anchors.fit_harmful, "en", ["th", "bn"])
+        low, src = transfer.parallel_pairs(anchors.fit_harmful, "en", ["th", "bn"])
         en = probe.collect(model, tok, transfer.chat_texts(tok, src), [layer], what=("mlp_inputs",))
         torch.testing.assert_close(b.paired.yty, en[layer]["mlp_inputs"].xtx, **close)
         energy = transfer.pair_gap_energy(model, layer, b)

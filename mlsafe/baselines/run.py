@@ -52,6 +52,7 @@ import mlsafe.baselines.direction as direction
 import mlsafe.baselines.finetune as finetune
 from mlsafe.controls import random_control_sets
 from mlsafe.langs import parse_targets
+from mlsafe.registry import registrar
 from mlsafe.pipeline import METRICS, Context, Suite, lang_metrics  # noqa: F401  (lang_metrics: importable here)
 from mlsafe.results import write_atomic
 
@@ -168,14 +169,8 @@ class Baselines:
 BASELINES: dict[str, Callable[[Baselines], None]] = {}
 
 
-def register_baseline(name: str):
-    """Decorator: register `fn(b: Baselines)` as the baseline `name` (once)."""
-    def deco(fn):
-        if name in BASELINES:
-            raise ValueError(f"baseline {name!r} is already registered")
-        BASELINES[name] = fn
-        return fn
-    return deco
+#: Decorator: register `fn(b: Baselines)` as the baseline `name` (once).
+register_baseline = registrar(BASELINES, "baseline")
 
 
 @register_baseline("none")

@@ -52,36 +52,12 @@ def neuron_sets(lm, fit_harmful, fit_harmless, layers, cfg, batch_size: int) -> 
             for layer in layers}
 
 
-def plot(rows: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    langs = sorted({r["lang"] for r in rows})
-    fig, axes = plt.subplots(1, len(langs), figsize=(4.2 * len(langs), 3.2), squeeze=False, sharey=True)
-    for ax, lang in zip(axes[0], langs):
-        for site, style in (("residual", "-"), ("mlp", "--"), ("neurons", ":")):
-            pts = sorted((r["layer"], r["share_of_gap"]) for r in rows if r["lang"] == lang and r["site"] == site)
-            if pts:
-                ax.plot(*zip(*pts), style, marker="o", ms=3, label=site)
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.axhline(1, color="grey", lw=0.5, ls=":")
-        ax.set_title(f"{lang}: patched with English at one layer")
-        ax.set_xlabel("layer")
-    axes[0][0].set_ylabel("share of the margin gap closed")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def run(args) -> int:
     import time
 
     import torch
 
-    from mlsafe import arch, ceiling, chat, export, transfer
+    from mlsafe import arch, ceiling, chat, export, limits, transfer
     from mlsafe.errors import UserError
     from mlsafe.evaluate.generate import format_chat, prompt_limit
     from mlsafe.evaluate.margin import start_token_sets
@@ -113,7 +89,7 @@ def run(args) -> int:
 
     rows, per_prompt = [], {}
     for lang in targets:
-        low, src = transfer._pairs(split.val_harmful, cfg.source, [lang])
+        low, src = transfer.parallel_pairs(split.val_harmful, cfg.source, [lang])
         r, c = start_token_sets(lm.tokenizer, [*suite.refusal_starts[lang], *suite.refusal_starts[cfg.source]],
                                 [*suite.comply_starts[lang], *suite.comply_starts[cfg.source]])
         t1 = time.perf_counter()
@@ -132,7 +108,11 @@ def run(args) -> int:
               "rows": rows, "per_prompt": per_prompt, "seconds": time.perf_counter() - t0}
     with export.staged_folder(out) as tmp:
         write_json(tmp / "ceiling.json", record)
-        plot(rows, tmp / "ceiling.png")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        fig = limits.plot_ceiling(record, f"{args.model}: patched with English at one layer")
+        fig.savefig(tmp / "ceiling.png", dpi=120, bbox_inches="tight")
     print(f"[mlsafe] patching ceiling of {args.model} ({time.perf_counter() - t0:.0f} s); share of the "
           "English-target margin gap closed by patching one layer:")
     print("lang layer |S|   neurons    mlp  residual")

@@ -110,7 +110,13 @@ def refusal_margin(model, tokenizer, user_texts: Sequence[str], *, refusal_start
     r, c = start_token_sets(tokenizer, refusal_starts, comply_starts)
     lp = next_token_logprobs(model, tokenizer, user_texts, r + c, batch_size=batch_size,
                              device=device, system=system)
-    return torch.logsumexp(lp[:, :len(r)], dim=-1) - torch.logsumexp(lp[:, len(r):], dim=-1)
+    return margin_from_logprobs(lp, len(r))
+
+
+def margin_from_logprobs(logprobs: torch.Tensor, n_refusal: int) -> torch.Tensor:
+    """The margin from log-probabilities [N, |R| + |C|] of the refusal tokens then the
+    compliance tokens: logsumexp over R minus logsumexp over C, [N]."""
+    return torch.logsumexp(logprobs[:, :n_refusal], dim=-1) - torch.logsumexp(logprobs[:, n_refusal:], dim=-1)
 
 
 def language_margins(model, tokenizer, prompts: Sequence[Prompt], *,
