@@ -26,7 +26,7 @@ from mlsafe import evaluate as ev
 from mlsafe import arch, presets, transfer
 from mlsafe.backends import DEFAULT_BACKEND, backend_for
 from mlsafe.controls import random_control_sets
-from mlsafe.edit import SparseEdit
+from mlsafe.edit import Fingerprints, SparseEdit
 from mlsafe.evaluate.run import Evaluation, asr_of
 from mlsafe.evaluate.run import evaluate as run_evaluation
 from mlsafe.langs import LANGS, parse_targets, target_key
@@ -146,21 +146,22 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
     # 1. fit the edit first (it leaves the model untouched): bad anchors fail fast
     cfg = edit_config(targets, seed, suite, **{**presets.resolve(preset, lm.model), **overrides})
     t0 = time.perf_counter()
+    fps = Fingerprints(lm.model)  # the unedited model's hash, once (every apply below checks it)
     edit, report = transfer.fit(lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, cfg,
-                                margin=margin_fn(suite, lm.tokenizer), progress=progress)
+                                margin=margin_fn(suite, lm.tokenizer), progress=progress, fingerprints=fps)
     fit_s = time.perf_counter() - t0
     # 2. evaluate the unedited model (responses cached for real models: the same for every target)
     t0 = time.perf_counter()
-    base = response_cache_key(lm, suite)
+    base = response_cache_key(lm, suite, fps)
     before = cached_evaluation(lm, suite, base, None, seed=seed, progress=progress)
     eval_s = time.perf_counter() - t0
     # 3. evaluate with the edit applied
-    with edit.applied(lm.model):
+    with edit.applied(lm.model, fingerprints=fps):
         after = cached_evaluation(lm, suite, base, edit, seed=seed, progress=progress)
     # 4. the random-neuron control: same size, disjoint from S, same solver and statistics
     t0 = time.perf_counter()
     control = random_control(lm, suite, edit, report, cfg, targets, after, seed=seed, n_random=n_random,
-                             n_random_asr=n_random_asr)
+                             n_random_asr=n_random_asr, fingerprints=fps)
     control_s = time.perf_counter() - t0
     # 5. first-token KL from the unedited model on harmless prompts
     kl = ev.first_token_kl(lm.model, lm.tokenizer, before.harmless, edit) if before.harmless else {}
@@ -221,7 +222,7 @@ HARMLESS_RESPONSE_CHARS = 300
 
 def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitReport, cfg: transfer.EditConfig,
                    targets: Sequence[str], after: Evaluation, *, seed: int, n_random: int,
-                   n_random_asr: int) -> dict:
+                   n_random_asr: int, fingerprints: Fingerprints | None = None) -> dict:
     """The random-neuron control of the edit (lead 2 of the method issue): `n_random` sets of
     |S| neurons drawn disjoint from S at the edit's layer (mlsafe.controls), each solved
     with the same statistics and hyper-parameters. Margins on the target harmful prompts for
@@ -236,7 +237,7 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
         # the model is unedited here, so its fingerprint at this layer is the edit's own base
         rand_edit = transfer.build_edit(lm.model, report.layer, idx, report.stats, cfg,
                                         base_fingerprint=edit.base_fingerprint)
-        with rand_edit.applied(lm.model):
+        with rand_edit.applied(lm.model, fingerprints=fingerprints):
             m = margin(lm.model, harmful_t)
             margins.append(ev.mean_by_lang(harmful_t, m))
             if k < n_random_asr:
@@ -276,14 +277,12 @@ def _data_report(report: dict) -> dict:
     return out
 
 
-def response_cache_key(lm: LoadedModel, suite: Suite) -> dict | None:
+def response_cache_key(lm: LoadedModel, suite: Suite, fingerprints: Fingerprints | None = None) -> dict | None:
     """What identifies an evaluation's responses before any edit: the model's name and
     fingerprint, the prompts and the generation settings (None when the suite caches nothing)."""
     if not suite.cache_responses:
         return None
-    from mlsafe.edit import fingerprint
-
-    return {"model": lm.name, "base": fingerprint(lm.model),
+    return {"model": lm.name, "base": (fingerprints or Fingerprints(lm.model))(),
             "harmful": [[p.id, p.text] for p in suite.eval_harmful],
             "harmless": [[p.id, p.text] for p in suite.eval_harmless],
             "gen": [suite.max_new_tokens, suite.harmless_max_new_tokens, suite.sort_by_length]}

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mlsafe import arch, neurons, probe, solver
-from mlsafe.edit import SparseEdit, fingerprint
+from mlsafe.edit import Fingerprints, SparseEdit, fingerprint
 from mlsafe.langs import LANGS, SOURCE, parse_codes
 from mlsafe.prompts import Prompt
 
@@ -376,10 +376,10 @@ def validation_margins(model, anchors: Anchors, cfg: EditConfig, margin: MarginF
 
 
 def _score(model, edit: SparseEdit, anchors: Anchors, cfg: EditConfig, margin: MarginFn,
-           before: list[float]) -> dict:
+           before: list[float], fingerprints: Fingerprints) -> dict:
     """Validation score: margin gain on target harmful minus margin gain on harmless prompts
     (and minus any margin lost on source harmful prompts); `before` = validation_margins unedited."""
-    with edit.applied(model):
+    with edit.applied(model, fingerprints=fingerprints):
         after = validation_margins(model, anchors, cfg, margin)
     return score_gains(before, after)
 
@@ -393,13 +393,15 @@ def score_gains(before: Sequence[float], after: Sequence[float]) -> dict:
 
 
 def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt] | None = None,
-        cfg: EditConfig | None = None, *, margin: MarginFn | None = None, progress: bool = False
-        ) -> tuple[SparseEdit, FitReport]:
+        cfg: EditConfig | None = None, *, margin: MarginFn | None = None, progress: bool = False,
+        fingerprints: Fingerprints | None = None) -> tuple[SparseEdit, FitReport]:
     """Fit the paper's edit (Algorithm 1). See the module docstring for each step.
 
     `harmful` may be the (harmful, harmless) pair that mlsafe.data.anchors.load returns, with
     `harmless` left out; `cfg` defaults to EditConfig(targets=<every non-English language of
     the harmful anchors>); `margin` defaults to mlsafe.evaluate.margin.default_margin.
+    `fingerprints`: the model's mlsafe.edit.Fingerprints when the caller holds them (the
+    whole-model hash is taken once per fit either way, not once per candidate layer).
     """
     if harmless is None:
         harmful, harmless = harmful
@@ -424,6 +426,7 @@ def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt] 
     t0 = time.perf_counter()
     stats = collect_stats(model, tokenizer, anchors, cfg, layers, progress=progress, validation_pairs=predicted)
     report = FitReport(layer=-1, n_neurons=0, collect_seconds=time.perf_counter() - t0)
+    fps = fingerprints or Fingerprints(model)
     clock = {k: 0.0 for k in ("neurons", "solve", "predict", "margins")}
     clock["statistics"] = report.collect_seconds
     built = []   # (row, edit, stats) of every candidate with neurons
@@ -442,7 +445,7 @@ def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt] 
             row["score"] = float("-inf")
             continue
         t1 = time.perf_counter()
-        edit = build_edit(model, layer, idx, st, cfg)
+        edit = build_edit(model, layer, idx, st, cfg, base_fingerprint=fps(layer))
         row["solve_seconds"] = time.perf_counter() - t1
         clock["solve"] += row["solve_seconds"]
         if predicted:
@@ -464,7 +467,7 @@ def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt] 
         t2 = time.perf_counter()
         before = validation_margins(model, anchors, cfg, margin)
         for row, edit, _ in confirm:
-            row.update(_score(model, edit, anchors, cfg, margin, before))
+            row.update(_score(model, edit, anchors, cfg, margin, before, fps))
         clock["margins"] = time.perf_counter() - t2
     for row, _, _ in built:   # the key order of the margins-only rows before stage_seconds existed
         row["solve_seconds"] = row.pop("solve_seconds")

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from mlsafe import arch
-from mlsafe.edit import SparseEdit, fingerprint, scaled_neurons
+from mlsafe.edit import Fingerprints, SparseEdit, fingerprint, scaled_neurons
 from tiny import D_FF, D_MODEL, MODEL_TYPES, VOCAB, tiny_model
 
 torch.set_num_threads(1)
@@ -105,6 +105,28 @@ def test_fingerprint_is_stable_and_sensitive():
     with torch.no_grad():
         arch.neuron_weight(model, 1, "gate")[7, 3] += 1e-3
     assert fingerprint(model, 1) != fp
+
+
+def test_fingerprints_kept_hash_equals_fresh_one_and_tracks_applied_edits():
+    """Fingerprints (the whole-model hash taken once, issue 17) give fingerprint()'s values,
+    refuse once the applied edits change, and a model with an edit applied has its own."""
+    model = tiny_model("llama")
+    fps = Fingerprints(model)
+    assert [fps(layer) for layer in (None, 0, 1)] == [fingerprint(model, layer) for layer in (None, 0, 1)]
+    edit = make_edit(model, layer=1)
+    with edit.applied(model, fingerprints=fps):  # the check hashes one layer, same verdict
+        with pytest.raises(ValueError, match="applied edits changed"):
+            fps(0)
+        edited = Fingerprints(model)   # the edited state has fingerprints of its own
+        assert edited(0) == fingerprint(model, 0) != Fingerprints(tiny_model("llama"))(0)
+    assert fps(0) == fingerprint(model, 0)  # reverted exactly: the kept hash holds again
+    with pytest.raises(ValueError, match="applied edits changed"):
+        edited(0)
+    with pytest.raises(ValueError, match="another model object"):
+        edit.apply(tiny_model("llama"), fingerprints=fps)
+    other = tiny_model("llama", seed=1)
+    with pytest.raises(ValueError, match="different checkpoint"):
+        edit.apply(other, fingerprints=Fingerprints(other))
 
 
 @pytest.mark.parametrize("model_type", ["mistral", "phi3", "gpt2"])
