@@ -48,11 +48,13 @@ class LoadedModel:
 #: (`python -m mlsafe.backends get MODEL KEY`): the edit preset ("default" is
 #: transfer.EditConfig's own defaults), the seeds of `make reproduce`, which stages are
 #: affordable on CPU (baselines, the diagnostics/lab extras, named ablations, margin-only
-#: diagnostics), the pip extra that ships the weights, and the book chapters it rebuilds.
+#: diagnostics), the pip extra that ships the weights, the book chapters it rebuilds, and the
+#: LoRA baseline's learning rate (mlsafe.baselines.finetune.default_sft): 3e-3 for the small
+#: models trained here from scratch, 2e-4 (a usual LoRA rate) for pretrained ones.
 _CPU_SMALL = {"edit_preset": "default", "seeds": (0, 1, 2), "baselines": True, "extras": True,
-              "ablations": (), "diagnose": False, "extra": None, "chapters": "notebooks"}
+              "ablations": (), "diagnose": False, "extra": None, "chapters": "notebooks", "sft_lr": 3e-3}
 _CPU_SLOW = {"edit_preset": "default", "seeds": (0,), "baselines": False, "extras": False,
-             "ablations": (), "diagnose": False, "extra": None, "chapters": ""}
+             "ablations": (), "diagnose": False, "extra": None, "chapters": "", "sft_lr": 2e-4}
 #: A tiny random test model (mlsafe.tiny): one seed, every stage, no chapter of its own.
 _TINY = {**_CPU_SMALL, "seeds": (0,), "chapters": ""}
 #: A real instruct model on CPU: generation dominates, so the random-neuron control gets
@@ -110,6 +112,13 @@ def backend_for(spec: str) -> Backend:
     return Backend(spec, kind, lambda seed, device: load_transformers(spec, device, kind=kind),
                    "mlsafe.suites:real_data_suite",
                    dict(_TINY if kind == "tiny" else _CPU_SLOW))
+
+
+def policy(lm: LoadedModel) -> dict:
+    """The run policy of the backend `lm` was loaded through (the folder/hub fallback's for
+    models loaded by path or hub id)."""
+    registered = get_backend(lm.backend)
+    return (registered or backend_for(lm.path or lm.name)).defaults
 
 
 # ----------------------------------------------------------------------------- loaders

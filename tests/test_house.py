@@ -133,11 +133,6 @@ NAME_AS_DATA = {
     ("mlsafe/packaged.py", "qwen2.5-coder-1.5b"): "PackagedGGUF.key (cache folder)",
     ("mlsafe/evaluate/judge_dev_real.py", "qwen2.5-coder-0.5b"): "the judged responses' cache folder",
 }
-#: Choices by backend name outside the registry that their owners still have to move into it
-#: (reported on issue 15); an entry that no longer occurs fails the test, so this only shrinks.
-PENDING = {
-    ("mlsafe/baselines/finetune.py", "organism"): "default_sft compares LoadedModel.kind: a policy value",
-}
 
 
 def _docstring_nodes(tree: ast.AST) -> set[int]:
@@ -188,12 +183,12 @@ def test_only_the_registry_names_a_backend():
     from mlsafe.backends import BACKENDS
 
     uses = backend_name_uses(set(BACKENDS))
-    stray = {k: v for k, v in uses.items() if k not in NAME_AS_DATA and k not in PENDING}
+    stray = {k: v for k, v in uses.items() if k not in NAME_AS_DATA}
     assert not stray, f"backend names outside mlsafe/backends.py (True: compared against): {stray}"
-    compared = [k for k, v in uses.items() if v and k not in PENDING]
+    compared = [k for k, v in uses.items() if v]
     assert not compared, f"comparisons against a backend name outside the registry: {compared}"
-    stale = sorted((set(NAME_AS_DATA) | set(PENDING)) - set(uses))
-    assert not stale, f"entries of NAME_AS_DATA/PENDING that no longer occur (remove them): {stale}"
+    stale = sorted(set(NAME_AS_DATA) - set(uses))
+    assert not stale, f"entries of NAME_AS_DATA that no longer occur (remove them): {stale}"
 
 
 # ----------------------------------------------------------------------------- test layers

@@ -45,7 +45,7 @@ def bench_cost(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed: in
     with edit.applied(model):
         edit_asr = _target_asr(lm, suite, targets)
 
-    scfg = sft or finetune.default_sft(lm.kind, seed)
+    scfg = sft or finetune.default_sft(lm, seed)
     examples = finetune.sft_examples(tok, anchors.fit_harmful, anchors.fit_harmless, targets, source=cfg.source,
                                      max_len=scfg.max_len)
     trainer = finetune.LoRATrainer(model, examples, scfg, pad_id=tok.pad_token_id or 0)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from mlsafe import arch, transfer
+from mlsafe.backends import LoadedModel, policy
 from mlsafe.prompts import Prompt
 
 DEFAULT_REFUSAL = "I'm sorry, but I cannot help with that."
@@ -53,10 +54,10 @@ class SFTConfig:
             raise ValueError(f"modules must be a non-empty subset of gate/up/down, got {self.modules}")
 
 
-def default_sft(kind: str, seed: int = 0) -> SFTConfig:
-    """SFTConfig for a model kind (LoadedModel.kind): lr 3e-3 for the small models trained here
-    from scratch ("organism", "tiny"), 2e-4 (a usual LoRA rate) for pretrained ones."""
-    return SFTConfig(seed=seed, lr=3e-3 if kind in ("organism", "tiny") else 2e-4)
+def default_sft(lm: LoadedModel, seed: int = 0) -> SFTConfig:
+    """SFTConfig for a loaded model: the learning rate of its backend's run policy
+    (mlsafe.backends.policy, key "sft_lr")."""
+    return SFTConfig(seed=seed, lr=policy(lm)["sft_lr"])
 
 
 @dataclass(frozen=True)

@@ -306,7 +306,7 @@ def _sft(b: Baselines) -> tuple:
     note); meta["sft"] records it."""
     def make():
         c = b.ctx
-        scfg = b.sft or finetune.default_sft(c.lm.kind, c.seed)
+        scfg = b.sft or finetune.default_sft(c.lm, c.seed)
         trainer = finetune.train_sft(c.model, c.tokenizer, c.anchors.fit_harmful, c.anchors.fit_harmless,
                                      c.targets, scfg, source=c.cfg.source)
         b.meta["sft"] = {"config": dataclasses.asdict(scfg), "losses": trainer.losses, "seconds": trainer.seconds,

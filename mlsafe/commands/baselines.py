@@ -55,7 +55,7 @@ def run(args) -> int:
     targets = parse_targets(args.lang)
     with run_lock(out):  # not while a reproduce run swaps this folder
         lm, suite = load(args.model, device=args.device, seed=args.seed, data=args.data)
-        sft = default_sft(lm.kind, args.seed)
+        sft = default_sft(lm, args.seed)
         if args.lr:
             sft = dataclasses.replace(sft, lr=args.lr)
         if "cost" in stages:
