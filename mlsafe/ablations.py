@@ -92,7 +92,9 @@ class _Table:
             return self.ctx.metrics()
 
     def nan(self) -> dict:
-        return {lang: {k: float("nan") for k in METRICS} for lang in {p.lang for p in self.ctx.suite.eval_harmful}}
+        """NaN metrics for every evaluated language, in the suite's order (a row with no edit)."""
+        langs = dict.fromkeys(p.lang for p in self.ctx.suite.eval_harmful)
+        return {lang: {k: float("nan") for k in METRICS} for lang in langs}
 
     def solve(self, cfg: transfer.EditConfig, at: int | None = None, ix=None, stats=None):
         """The edit re-solved with `cfg` at layer `at` on neurons `ix` from `stats` (default: the
