@@ -239,20 +239,27 @@ def _step(tensors: dict[str, torch.Tensor], k: int, meta: dict) -> SparseEdit:
 
 
 def fit_sequence(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt], cfg, layers: Sequence[int],
-                 *, margin=None, progress: bool = False):
+                 *, margin=None, progress: bool = False, start: EditStack | None = None):
     """Fit one edit per layer of `layers`, in that order, each on the model with the earlier
     ones applied: step k is ``transfer.fit(model, ..., dataclasses.replace(cfg, layer=layers[k]))``
     (statistics, neuron set and Theorem 4.1 solve at that layer) run inside the applied edits
-    0..k-1. Returns (EditStack, [FitReport per step]); the model is left unedited.
+    0..k-1. Returns (EditStack, [FitReport per new step]); the model is left unedited.
 
-    ValueError (before any forward pass) for an empty list, a repeated layer or one outside
-    the model's layers.
+    `start`: an already fitted stack to continue (its steps are applied first and kept as the
+    first steps of the result; their reports are not repeated), so stacks that share a prefix
+    fit it once. ValueError (before any forward pass) for an empty list, a repeated layer
+    (also one of `start`'s) or one outside the model's layers.
     """
     from mlsafe import transfer
 
-    layers = check_layers(layers, arch.n_layers(model))
-    edits, reports = [], []
+    prefix = start.edits if start is not None else ()
+    layers = check_layers([*(e.layer for e in prefix), *layers], arch.n_layers(model))[len(prefix):]
+    if not layers:
+        raise ValueError("fit_sequence needs at least one layer to fit")
+    edits, reports = list(prefix), []
     with contextlib.ExitStack() as applied:
+        if start is not None:
+            applied.enter_context(start.applied(model))
         for k, layer in enumerate(layers):
             e, report = transfer.fit(model, tokenizer, harmful, harmless, dataclasses.replace(cfg, layer=layer),
                                      margin=margin, progress=progress)

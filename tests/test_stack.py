@@ -146,9 +146,12 @@ def test_one_layer_sequence_equals_fit(fitted):
     for m in edit.modules:
         assert all(torch.equal(x, y) for x, y in zip(seq.factors[m], edit.factors[m]))
     assert torch.equal(stack.edits[0].factors["gate"][0], edit.factors["gate"][0])
+    continued, reports = fit_sequence(model, tok, harmful, harmless, CFG, [2], start=seq_stack)
+    assert continued.layers == LAYERS and [r.layer for r in reports] == [2]
+    assert continued.to_bytes() == stack.to_bytes()   # a continued prefix gives the same stack
 
 
-def test_bad_layers_refuse_before_any_work():
+def test_bad_layers_refuse_before_any_work(fitted):
     assert check_layers([17, 19], 24) == (17, 19)
     for layers, match in (([], "at least one"), ([3, 3], "more than once"), ([1, 24], "out of range.*0..23"),
                           ([-1], "out of range"), ([1.5], "integers"), (["x"], "integers")):
@@ -156,3 +159,6 @@ def test_bad_layers_refuse_before_any_work():
             check_layers(layers, 24)
     with pytest.raises(ValueError, match="out of range"):   # checked before transfer.fit runs
         fit_sequence(tiny.build_model("qwen2", tiny.build_tokenizer("qwen2"), layers=3), None, [], [], CFG, [5])
+    model, _, stack, _ = fitted
+    with pytest.raises(ValueError, match="more than once"):   # a layer the start stack already edits
+        fit_sequence(model, None, [], [], CFG, [1, 2], start=stack)
