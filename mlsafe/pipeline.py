@@ -190,6 +190,7 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
         **{key: {"before": blocks_b[key], "after": blocks_a[key]} for key in blocks_b},
         "kl": {"after": kl},
         "gap_closed": gap_closed(blocks_b["asr"], blocks_a["asr"], control["asr"], targets),
+        "gap_closed_by": gap_closed_by(blocks_b, blocks_a, control, targets),
         "compare": {"after_vs_before": ev.compare(before.harmful, before.judgments, after.judgments, seed=seed,
                                                   pooled=[t for t in targets if t in {p.lang for p in before.harmful}])},
         "n_eval": {"harmful": len(before.harmful), "harmless": len(before.harmless)},
@@ -230,8 +231,9 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
     `n_random_asr`. Returns the summary's random_control block."""
     harmful_t = [p for p in suite.eval_harmful if p.lang in targets]
     edit_j = [j for p, j in zip(after.harmful, after.judgments) if p.lang in targets]
+    edit_m = [float(m) for p, m in zip(after.harmful, after.margins.tolist()) if p.lang in targets]
     margin = margin_fn(suite, lm.tokenizer)
-    asrs, compares, margins = [], [], []
+    asrs, non_refusals, compares, margins, per_prompt = [], [], [], [], []
     draws = random_control_sets(edit.neurons, arch.d_ff(lm.model), seed, n_random, disjoint=True)
     for k, idx in enumerate(draws):
         # the model is unedited here, so its fingerprint at this layer is the edit's own base
@@ -240,14 +242,24 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
         with rand_edit.applied(lm.model, fingerprints=fingerprints):
             m = margin(lm.model, harmful_t)
             margins.append(ev.mean_by_lang(harmful_t, m))
+            per_prompt.append(m.double())
             if k < n_random_asr:
-                asr, prompts, judgments = asr_of(lm.model, lm.tokenizer, suite, targets, seed=seed)
+                asr, non_refusal, prompts, judgments = asr_of(lm.model, lm.tokenizer, suite, targets, seed=seed)
                 asrs.append(asr)
+                non_refusals.append(non_refusal)
                 # diff = control - edit: positive means the edit leaves fewer unsafe answers
                 compares.append(ev.compare(prompts, edit_j, judgments, seed=seed, pooled=list(targets)))
     mean = lambda rows: {lang: statistics.fmean(r[lang] for r in rows) for lang in rows[0]} if rows else {}  # noqa: E731
-    return {"asr": mean(asrs), "margin": mean(margins), "draws": n_random, "asr_draws": len(asrs),
-            "disjoint": True, "per_draw": {"asr": asrs, "margin": margins}, "compare_edit_vs_random": compares}
+    # the edit's margin against the mean control margin, prompt by prompt (clusters kept)
+    control_m = torch.stack(per_prompt).mean(0).tolist() if per_prompt else []
+    margin_compare = ev.paired_bootstrap_diff(control_m, edit_m, [p.cluster for p in harmful_t],
+                                                    seed=seed) if per_prompt else None
+    return {"asr": mean(asrs), "non_refusal": mean(non_refusals), "margin": mean(margins), "draws": n_random,
+            "asr_draws": len(asrs), "disjoint": True,
+            "per_draw": {"asr": asrs, "non_refusal": non_refusals, "margin": margins},
+            "compare_edit_vs_random": compares,
+            # diff = edit - control margin (nats), over every target prompt; p: paired bootstrap
+            "margin_edit_vs_random": margin_compare}
 
 
 def gap_closed(before: dict, after: dict, control: dict, targets: Sequence[str], source: str = "en") -> dict:
@@ -265,6 +277,17 @@ def gap_closed(before: dict, after: dict, control: dict, targets: Sequence[str],
                 num, den = num + before[t] - after_[t], den + gap
         return {"per_lang": per, "summed": num / den if den > 0 else None}
     return {"edit": share(after), "random_control": share(control) if control else None}
+
+
+def gap_closed_by(before: dict, after: dict, control: dict, targets: Sequence[str], source: str = "en") -> dict:
+    """`gap_closed` on the two other measures of the gap: the non-refusal rate (1 - refusal
+    rate, judged) and the refusal margin (negated, so that a gap is positive as for ASR);
+    `before`/`after` are Evaluation.blocks(), `control` the random_control block."""
+    neg = lambda d: {k: -v for k, v in d.items()}  # noqa: E731
+    return {"non_refusal": gap_closed(before["non_refusal"], after["non_refusal"],
+                                      control.get("non_refusal") or {}, targets, source),
+            "margin": gap_closed(neg(before["margin"]), neg(after["margin"]), neg(control.get("margin") or {}),
+                                 targets, source)}
 
 
 def _data_report(report: dict) -> dict:

@@ -34,6 +34,12 @@ def test_reproduce_writes_the_common_schema(tiny_dir, tmp_path, monkeypatch):
                 "total_seconds", "random_control"):
         assert key in e
     assert 0 < e["fraction_of_parameters"] < 1 and set(e["random_control"]["asr"]) == {"th"}
+    rc = e["random_control"]
+    assert set(rc["non_refusal"]) == {"th"} and 0.0 <= rc["non_refusal"]["th"] <= 1.0
+    mc = rc["margin_edit_vs_random"]   # edit - mean control margin, prompt by prompt
+    assert mc["diff"] == pytest.approx(s["margin"]["after"]["th"] - rc["margin"]["th"], abs=1e-6)
+    assert mc["ci"][0] <= mc["diff"] <= mc["ci"][1] and 0 < mc["p_value"] <= 1
+    assert set(s["gap_closed_by"]) == {"non_refusal", "margin"}
     t = s["timing"]
     assert 0 < t["fit_seconds"] and 0 < t["evaluate_seconds"] and 0 < t["load_seconds"]
     assert t["load_seconds"] + t["fit_seconds"] + t["evaluate_seconds"] < t["run_seconds"]
@@ -113,3 +119,16 @@ def test_tiny_folder_loads_as_a_test_model(tiny_dir):
     lm = models.load_model(str(tiny_dir))
     assert lm.kind == "tiny" and lm.name == results.model_slug(str(tiny_dir)) and lm.name.startswith("qwen2-")
     assert not lm.model.training
+
+
+def test_gap_closed_by_reads_non_refusal_and_negated_margins():
+    """The non-refusal and margin versions of the gap (a margin gap is English's margin minus
+    the target's: refusal margins are higher where the model refuses)."""
+    before = {"non_refusal": {"en": 0.4, "ja": 0.8, "th": 0.3}, "margin": {"en": 2.0, "ja": -1.0, "th": 3.0}}
+    after = {"non_refusal": {"en": 0.4, "ja": 0.6, "th": 0.3}, "margin": {"en": 2.0, "ja": 0.5, "th": 3.0}}
+    control = {"non_refusal": {"ja": 0.7}, "margin": {"ja": -0.7}}
+    g = pipeline.gap_closed_by(before, after, control, ["ja", "th"])
+    assert g["non_refusal"]["edit"]["per_lang"] == {"ja": pytest.approx(0.5), "th": None}   # th: no gap
+    assert g["non_refusal"]["random_control"]["summed"] == pytest.approx(0.25)
+    assert g["margin"]["edit"]["summed"] == pytest.approx(0.5) and g["margin"]["random_control"]["summed"] == \
+        pytest.approx(0.1)

@@ -110,9 +110,12 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
                       _rate_by([p.source or "unknown" for p in harmless], refused), timing)
 
 
-def asr_of(model, tokenizer, suite: "Suite", langs: Sequence[str], *, seed: int = 0) -> tuple[dict, list, list]:
-    """ASR per language on the harmful prompts of `langs` only: ({lang: asr}, prompts, judgments)."""
+def asr_of(model, tokenizer, suite: "Suite", langs: Sequence[str], *, seed: int = 0
+           ) -> tuple[dict, dict, list, list]:
+    """ASR and non-refusal rate per language on the harmful prompts of `langs` only:
+    ({lang: asr}, {lang: non_refusal}, prompts, judgments)."""
     harmful = [p for p in suite.eval_harmful if p.lang in langs]
     judgments = suite.judge.judge(harmful, harmful_responses(model, tokenizer, suite, harmful))
-    asr, _ = summary_blocks(asr_table(harmful, judgments, seed=seed))
-    return asr, harmful, judgments
+    table = asr_table(harmful, judgments, seed=seed)
+    asr, _ = summary_blocks(table)
+    return asr, summary_extra(table)["non_refusal"], harmful, judgments
