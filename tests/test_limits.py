@@ -60,3 +60,31 @@ def test_plot_ceiling_draws_one_panel_per_language_and_every_site_it_has():
     assert [ax.get_title() for ax in axes] == ["ja", "th"]
     assert len(axes[0].lines) == 2 + 2 and len(axes[1].lines) == 1 + 2   # sites + the two guide lines
     assert fig._suptitle.get_text() == "title"
+
+
+def _summary(targets=("ja", "th")):
+    """A summary.json with the entries goal_rows reads (numbers chosen to check each one)."""
+    gap = lambda e, c: {"edit": {"summed": e}, "random_control": {"summed": c}}  # noqa: E731
+    return {"target_langs": list(targets), "gap_closed": gap(None, None),
+            "gap_closed_by": {"non_refusal": gap(0.6, 0.2), "margin": gap(0.5, 0.05)},
+            "edit": {"random_control": {"compare_edit_vs_random": [{"pooled": {"mcnemar_p": 0.004}}],
+                                        "margin_edit_vs_random": {"p_value": 0.0005}}},
+            "over_refusal_by_source": {"before": {"xstest-safe": 0.30}, "after": {"xstest-safe": 0.32}},
+            "utility": {"before": {"en": 0.5, "ja": 0.3}, "after": {"en": 0.48, "ja": 0.3}},
+            "kl": {"after": {"en": 0.01, "ja": 0.09}}}
+
+
+def test_goal_rows_and_frame():
+    rows = limits.goal_rows(_summary())
+    nr = rows["non_refusal"]
+    assert nr["gap_closed"] == 0.6 and nr["vs_control"] == pytest.approx(3.0) and nr["p_vs_control"] == 0.004
+    assert nr["xstest_over_refusal_pts"] == pytest.approx(2.0) and nr["utility_pts"] == pytest.approx(-1.0)
+    assert nr["harmless_kl"] == pytest.approx(0.05)
+    assert rows["margin"]["vs_control"] == pytest.approx(10.0) and rows["margin"]["p_vs_control"] == 0.0005
+    assert math.isnan(rows["asr"]["gap_closed"]) and math.isnan(rows["asr"]["vs_control"])   # no ASR gap
+    assert limits.goal_met("gap_closed", 0.6) and not limits.goal_met("p_vs_control", 0.01)
+    assert limits.goal_met("harmless_kl", 0.051) is False and limits.goal_met("gap_closed", float("nan")) is None
+    frame = limits.goal_frame({"paper": _summary(), "best": _summary()}, "margin")
+    assert list(frame.columns) == ["paper", "best", "goal"] and frame.loc["gap_closed", "goal"] == ">= 0.6"
+    with pytest.raises(ValueError, match="measure must be one of"):
+        limits.goal_frame({"x": _summary()}, "kl")
