@@ -218,6 +218,17 @@ class EditStack:
             raise EditFileError(f"{corrupt} ({err}); re-save or re-fit it") from None
 
 
+def load_edit_or_stack(path: str | Path) -> SparseEdit | EditStack:
+    """The EditStack in a stack file (format mlsafe.EditStack), else ``SparseEdit.load(path)``
+    (a single edit, with SparseEdit.load's errors for anything else)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            fmt = (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError):
+        fmt = None
+    return EditStack.load(path) if fmt == FORMAT else SparseEdit.load(path)
+
+
 def _tensor_names(e: SparseEdit) -> list[str]:
     return ["neurons", *(f"{m}.{x}" for m in e.modules for x in "AB")]
 

@@ -162,3 +162,52 @@ def test_bad_layers_refuse_before_any_work(fitted):
     model, _, stack, _ = fitted
     with pytest.raises(ValueError, match="more than once"):   # a layer the start stack already edits
         fit_sequence(model, None, [], [], CFG, [1, 2], start=stack)
+
+
+def _one_line_error(capsys, needle: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.fixture
+def no_progress_bars():
+    """transformers' weight-loading bar writes to stderr; the error line is what is checked."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    yield
+    logging.enable_progress_bar()
+
+
+def test_cli_edit_layers_then_apply_merged(tiny_dir, tmp_path, capsys, no_progress_bars):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from mlsafe.__main__ import main
+
+    out = tmp_path / "stack"
+    assert main(["edit", str(tiny_dir), "--lang", "th", "--out", str(out), "--data", "fixtures",
+                 "--layers", "1,0", "--rank", "4"]) == 0
+    stack = EditStack.load(out / "edit.safetensors")
+    rec = json.loads((out / "reproduce.json").read_text())
+    assert stack.layers == (1, 0) and rec["layers"] == [1, 0] and rec["n_neurons"] == stack.n_neurons > 0
+    assert rec["step_fingerprints"] == [e.base_fingerprint for e in stack.edits]
+    assert rec["validation"]["first_token_kl"]["th"] > 0
+    assert "| layers | 1, 0 (fitted in this order" in (out / "README.md").read_text()
+
+    merged = tmp_path / "merged"
+    assert main(["apply", str(out / "edit.safetensors"), str(tiny_dir), "--save-merged", str(merged)]) == 0
+    assert "layers 1,0" in capsys.readouterr().out
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    with stack.applied(base):
+        assert _equal(_state(base), _state(plain))
+    assert main(["apply", str(out / "edit.safetensors"), str(tiny_dir), "--save-adapter", str(tmp_path / "a")]) == 2
+    _one_line_error(capsys, "--save-merged")
+    for extra, needle in ((["--layers", "1,1"], "more than once"), (["--layers", "0,7"], "out of range"),
+                          (["--layers", "1,x"], "comma-separated"), (["--layer", "1", "--layers", "0,1"], "not both")):
+        assert main(["edit", str(tiny_dir), "--lang", "th", "--out", str(tmp_path / "e"), "--data", "fixtures",
+                     *extra]) == 2
+        _one_line_error(capsys, needle)
+    assert not (tmp_path / "e").exists() and not (tmp_path / "a").exists()

@@ -1,4 +1,7 @@
-"""``mlsafe apply``: write an edit as a merged model folder or as a PEFT LoRA adapter."""
+"""``mlsafe apply``: write an edit as a merged model folder or as a PEFT LoRA adapter.
+
+A multi-layer edit stack (``mlsafe edit --layers``, mlsafe.stack) is written as a merged
+folder only; a PEFT adapter holds one layer's edit."""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ EXAMPLE = "mlsafe apply edits/th/edit.safetensors ./my-model --save-merged ./my-
 
 
 def add_arguments(p):
-    p.add_argument("edit", help="an edit file written by `mlsafe edit` (edit.safetensors) or SparseEdit.save")
+    p.add_argument("edit", help="an edit file written by `mlsafe edit` (edit.safetensors), SparseEdit.save "
+                               "or EditStack.save")
     p.add_argument("model", help="the base model the edit was fitted on: a folder, hub id or registered name")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--save-merged", metavar="DIR", help="write the edited model (safetensors + tokenizer)")
@@ -17,16 +21,17 @@ def add_arguments(p):
 
 
 def load_edit(path):
-    """The SparseEdit at `path`; UserError for a missing or unreadable file."""
+    """The SparseEdit (or, for a multi-layer file, the mlsafe.stack.EditStack) at `path`;
+    UserError for a missing or unreadable file."""
     from pathlib import Path
 
-    from mlsafe.edit import SparseEdit
     from mlsafe.errors import UserError
+    from mlsafe.stack import load_edit_or_stack
 
     if not Path(path).is_file():
         raise UserError(f"edit file {path} does not exist")
     try:
-        return SparseEdit.load(path)
+        return load_edit_or_stack(path)
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -50,8 +55,13 @@ def run(args) -> int:
     from mlsafe import export
     from mlsafe.errors import UserError
     from mlsafe.models import load_model
+    from mlsafe.stack import EditStack
 
     edit = load_edit(args.edit)
+    multi = isinstance(edit, EditStack)
+    if multi and args.save_adapter:
+        raise UserError(f"{args.edit} is a multi-layer edit stack (layers {list(edit.layers)}); a PEFT adapter "
+                        "holds one layer's edit: write it with --save-merged DIR")
     out = export.check_free(args.save_merged or args.save_adapter)
     check_model_type(edit, args.model)
     lm = load_model(args.model, args.device, seed=args.seed)
@@ -64,5 +74,7 @@ def run(args) -> int:
             how = f"PeftModel.from_pretrained(base_model, {str(out)!r})"
     except ValueError as err:  # the model is not the edit's base (fingerprint, type, shapes)
         raise UserError(str(err)) from None
-    print(f"[mlsafe] wrote {out} (layer {edit.layer}, {edit.neurons.numel()} neurons); load it with {how}")
+    where = (f"layers {','.join(map(str, edit.layers))}, {edit.n_neurons} neurons" if multi
+             else f"layer {edit.layer}, {edit.neurons.numel()} neurons")
+    print(f"[mlsafe] wrote {out} ({where}); load it with {how}")
     return 0

@@ -1,6 +1,7 @@
 """``mlsafe edit``: fit the sparse safety edit (Algorithm 1) for one model and write it to a folder.
 
-DIR/edit.safetensors   the edit (SparseEdit.save), tied to the base model by its fingerprint
+DIR/edit.safetensors   the edit (SparseEdit.save), tied to the base model by its fingerprint; with
+                       --layers A,B,... a multi-layer stack fitted in sequence (mlsafe.stack.EditStack)
 DIR/README.md          a model card: base model, layer, |S|, rank, languages, validation, how to apply
 DIR/reproduce.json     versions, base fingerprint, sha256 of the inputs read, hyper-parameters,
                        validation margins before/after and first-token KL per language
@@ -28,6 +29,9 @@ def add_arguments(p):
     p.add_argument("--data", default="auto",
                    help="where the suite anchors come from without --anchors: auto | fixtures | hub | a data root")
     p.add_argument("--layer", default="auto", help="auto (chosen on validation anchors) or a layer index")
+    p.add_argument("--layers", default=None, metavar="A,B,...",
+                   help="several layers, edited in this order, each fitted with the earlier edits applied "
+                        "(a multi-layer edit stack; instead of --layer)")
     p.add_argument("--rank", type=int, default=None, help="rank r of the edit (default: the preset's)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
@@ -45,6 +49,26 @@ def parse_layer(value: str) -> int | str:
     if layer < 0:
         raise UserError(f"--layer must be 'auto' or a non-negative integer, got {value!r}")
     return layer
+
+
+def parse_layers(value: str | None, layer) -> tuple[int, ...] | None:
+    """--layers as distinct non-negative layer indices (None without it); UserError for a bad
+    list or together with an explicit --layer."""
+    from mlsafe.errors import UserError
+    from mlsafe.stack import check_layers
+
+    if value is None:
+        return None
+    if layer != "auto":
+        raise UserError("give --layer or --layers, not both")
+    try:
+        layers = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise UserError(f"--layers must be comma-separated layer indices (e.g. 17,19), got {value!r}") from None
+    try:
+        return check_layers(layers)
+    except ValueError as err:
+        raise UserError(f"--layers {value}: {err}") from None
 
 
 def sha256_of(path) -> str:
@@ -117,9 +141,19 @@ def format_table(val: dict) -> str:
 
 
 def model_card(spec: str, edit, cfg, val: dict, preset: str, out) -> str:
+    """The folder's README: a SparseEdit, or an EditStack (several layers fitted in sequence)."""
     import mlsafe
+    from mlsafe.stack import EditStack
 
     targets = ", ".join(cfg.targets)
+    multi = isinstance(edit, EditStack)
+    steps = edit.edits if multi else (edit,)
+    first = steps[0]
+    layer_row = (f"| layers | {', '.join(str(e.layer) for e in steps)} (fitted in this order, each with the "
+                 "earlier edits applied) |" if multi else f"| layer | {edit.layer} |")
+    adapter = "" if multi else (f"\nmlsafe apply {out}/edit.safetensors {spec} --save-adapter ADAPTER_DIR   "
+                                "# a PEFT LoRA adapter")
+    loader = ("`from mlsafe.stack import EditStack; EditStack.load" if multi else "`SparseEdit.load")
     return f"""# Sparse safety edit for `{spec}`
 
 A closed-form sparse weight edit (Multilingual Safety Alignment Via Sparse Weight Editing,
@@ -128,12 +162,12 @@ Fitted with mlsafe {mlsafe.__version__}.
 
 | | |
 |---|---|
-| base model | `{spec}` ({edit.model_type}) |
-| base fingerprint | `{edit.base_fingerprint}` |
-| layer | {edit.layer} |
-| neurons edited (S) | {edit.neurons.numel()} |
-| modules | {', '.join(edit.modules)} |
-| rank | {edit.factors[edit.modules[0]][0].shape[1]} (requested {cfg.rank}) |
+| base model | `{spec}` ({first.model_type}) |
+| base fingerprint | `{first.base_fingerprint}` |
+{layer_row}
+| neurons edited (S) | {' + '.join(str(e.neurons.numel()) for e in steps)} |
+| modules | {', '.join(first.modules)} |
+| rank | {first.factors[first.modules[0]][0].shape[1]} (requested {cfg.rank}) |
 | target languages | {targets} (source {cfg.source}) |
 | preset | {preset} (gamma {cfg.gamma}, lambda {cfg.lam}, tau_mag {cfg.tau_mag}, tau_stat {cfg.tau_stat}) |
 
@@ -153,11 +187,10 @@ These are validation scores on the anchors' held-out part, not an evaluation: ru
 ## How to apply
 
 ```
-mlsafe apply {out}/edit.safetensors {spec} --save-merged MERGED_DIR     # a plain transformers folder
-mlsafe apply {out}/edit.safetensors {spec} --save-adapter ADAPTER_DIR   # a PEFT LoRA adapter
+mlsafe apply {out}/edit.safetensors {spec} --save-merged MERGED_DIR     # a plain transformers folder{adapter}
 ```
 
-In Python: `SparseEdit.load("{out}/edit.safetensors").apply(model)` (returns a handle whose
+In Python: {loader}("{out}/edit.safetensors").apply(model)` (returns a handle whose
 `revert()` restores the weights exactly). The edit refuses any model but its base (fingerprint).
 See reproduce.json for versions, input hashes and hyper-parameters.
 """
@@ -183,6 +216,7 @@ def run(args) -> int:
         hint = "" if args.anchors else " (other languages need --anchors FILE with their anchors)"
         raise UserError(f"{err}{hint}") from None
     layer = parse_layer(args.layer)
+    layers = parse_layers(args.layers, layer)
     if args.rank is not None and args.rank < 1:
         raise UserError(f"--rank must be a positive integer, got {args.rank}")
     out = export.check_free(args.out)
@@ -216,9 +250,22 @@ def run(args) -> int:
     except ValueError as err:
         raise UserError(str(err)) from None
 
+    if layers is not None:
+        from mlsafe import arch
+        from mlsafe.stack import check_layers, fit_sequence
+
+        try:   # the range needs the loaded model; checked before any forward pass
+            check_layers(layers, arch.n_layers(lm.model))
+        except ValueError as err:
+            raise UserError(f"--layers {args.layers}: {err}") from None
     t0 = time.perf_counter()
     try:
-        edit, report = transfer.fit(lm.model, lm.tokenizer, harmful, harmless, cfg, margin=margin)
+        if layers is None:
+            edit, report = transfer.fit(lm.model, lm.tokenizer, harmful, harmless, cfg, margin=margin)
+            steps, reports = (edit,), [report]
+        else:
+            edit, reports = fit_sequence(lm.model, lm.tokenizer, harmful, harmless, cfg, layers, margin=margin)
+            steps = edit.edits
     except ValueError as err:
         raise UserError(f"the fit failed: {err}") from None
     fit_s = time.perf_counter() - t0
@@ -231,13 +278,17 @@ def run(args) -> int:
 
     record = {
         "arguments": {k: v for k, v in vars(args).items() if k not in ("cmd", "debug")},
-        "base_model": args.model, "base_fingerprint": edit.base_fingerprint, "model_type": edit.model_type,
+        "base_model": args.model, "base_fingerprint": steps[0].base_fingerprint, "model_type": edit.model_type,
         "versions": {**versions(), "peft": peft.__version__},
         "inputs": {str(p): sha256_of(p) for p in input_files(args.model, args.anchors, args.data)},
         "anchors": args.anchors or f"suite ({args.data})",
         "n_anchors": {"harmful": len(harmful), "harmless": len(harmless)},
-        "preset": args.preset, "config": dataclasses.asdict(cfg), "hparams": edit.hparams,
-        "layer": edit.layer, "n_neurons": int(edit.neurons.numel()), "candidates": report.candidates,
+        "preset": args.preset, "config": dataclasses.asdict(cfg),
+        **({"hparams": edit.hparams, "layer": edit.layer, "n_neurons": int(edit.neurons.numel()),
+            "candidates": reports[0].candidates} if layers is None else
+           {"hparams": [e.hparams for e in steps], "layers": list(layers), "n_neurons": edit.n_neurons,
+            "step_fingerprints": [e.base_fingerprint for e in steps],
+            "candidates": [r.candidates for r in reports]}),
         "validation": val,
         "timing": {"load_seconds": load_s, "fit_seconds": fit_s},
     }
@@ -245,8 +296,9 @@ def run(args) -> int:
         edit.save(tmp / "edit.safetensors")
         write_atomic(tmp / "README.md", model_card(args.model, edit, cfg, val, args.preset, out))
         write_json(tmp / "reproduce.json", record)
-    print(f"[mlsafe] edit of {args.model}: layer {edit.layer}, {edit.neurons.numel()} neurons, rank {cfg.rank}, "
-          f"targets {','.join(targets)}")
+    where = (f"layer {edit.layer}, {edit.neurons.numel()} neurons" if layers is None
+             else f"layers {','.join(map(str, layers))} (in sequence), {edit.n_neurons} neurons")
+    print(f"[mlsafe] edit of {args.model}: {where}, rank {cfg.rank}, targets {','.join(targets)}")
     print(format_table(val))
     for name in ("edit.safetensors", "README.md", "reproduce.json"):
         print(f"[mlsafe] wrote {out / name}")
