@@ -196,7 +196,10 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
         "n_eval": {"harmful": len(before.harmful), "harmless": len(before.harmless)},
         "edit": edit_block,
         "timing": {"load_seconds": load_s, "fit_seconds": fit_s, "evaluate_seconds": eval_s,
-                   "control_seconds": control_s, "tokens_per_second": before.timing.get("tokens_per_second")},
+                   "control_seconds": control_s,
+                   # generated in this run: the edited model's responses (the unedited ones are cached)
+                   "tokens_per_second": after.timing.get("tokens_per_second")
+                   or before.timing.get("tokens_per_second")},
         "versions": versions(),
     }
     if getattr(suite, "report", None):
