@@ -62,8 +62,8 @@ def check_layers(layers: Sequence[int], n_layers: int | None = None) -> tuple[in
         raise ValueError(f"layers {dup} appear more than once; each layer can be edited once in a stack")
     bad = [v for v in out if v < 0 or (n_layers is not None and v >= n_layers)]
     if bad:
-        where = f"0..{n_layers - 1}" if n_layers is not None else ">= 0"
-        raise ValueError(f"layers {bad} are out of range: this model has layers {where}")
+        where = f"this model has layers 0..{n_layers - 1}" if n_layers is not None else "layers are >= 0"
+        raise ValueError(f"layers {bad} are out of range: {where}")
     return out
 
 
