@@ -244,7 +244,9 @@ def test_bench_cost_reports_a_consistent_ratio(setup):
     res = bench.bench_cost(lm, suite, ["th"], 0, schedule=(2, 4), sft=finetune.SFTConfig(batch_size=4))
     steps = [c["steps"] for c in res["curve"]]
     assert steps == [2, 4][:len(steps)]
-    assert res["reached"] == (res["curve"][-1]["asr"] <= res["edit"]["asr"])
+    last = res["curve"][-1]   # reached: the same ASR and the same validation margin as the edit
+    assert res["reached"] == (last["asr"] <= res["edit"]["asr"] and last["val_margin"] >= res["edit"]["val_margin"])
+    assert res["preset"] == "paper" and res["train"]["val_margin"] == last["val_margin"]
     assert res["ratio_seconds"] == pytest.approx(res["train"]["seconds"] / res["edit"]["seconds"])
     assert res["ratio_flops"] == pytest.approx(res["train"]["flops"] / res["edit"]["flops"])
     assert "ratio training / edit" in bench.format_report(res)

@@ -1,12 +1,13 @@
 """Cost of reaching the same ASR: the paper's edit vs the training baseline, side by side.
 
-The edit is fitted once (wall time of `transfer.fit`, layer selection included) and its
-mean ASR over the target languages is the bar. The LoRA fine-tune (`finetune`) then trains
-in growing chunks (`schedule`, cumulative steps); after each chunk the adapters are merged
-and the target ASR measured (evaluation time is not counted). It stops at the first chunk
-whose ASR is <= the edit's, or at the end of the schedule, in which case the ratio is a
-lower bound (``reached`` is False). Ratios are training / edit, in seconds and in estimated
-FLOPs (`cost`).
+The edit (the recipe of a preset, mlsafe.presets) is fitted once (wall time of
+`transfer.fit`, layer selection included); its mean ASR over the target languages and its
+mean refusal margin on the target validation anchors are the bar. The LoRA fine-tune
+(`finetune`) then trains in growing chunks (`schedule`, cumulative steps); after each chunk
+the adapters are merged and both measured (evaluation time is not counted). It stops at the
+first chunk whose ASR is <= the edit's and whose validation margin is >= the edit's, or at
+the end of the schedule, in which case the ratio is a lower bound (``reached`` is False).
+Ratios are training / edit, in seconds and in estimated FLOPs (`cost`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import statistics
 import time
 from collections.abc import Sequence
 
-from mlsafe import pipeline, transfer
+from mlsafe import pipeline, presets, transfer
 from mlsafe.baselines import cost, finetune
 from mlsafe.baselines.run import edit_flops, lang_metrics
 from mlsafe.langs import parse_targets
@@ -28,22 +29,26 @@ def _target_asr(lm, suite, targets) -> float:
 
 
 def bench_cost(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed: int = 0, *,
-               schedule: Sequence[int] = SCHEDULE, sft: finetune.SFTConfig | None = None) -> dict:
-    """{"edit": {...}, "train": {...}, "curve": [...], "ratio_seconds", "ratio_flops", "reached"}."""
+               schedule: Sequence[int] = SCHEDULE, sft: finetune.SFTConfig | None = None,
+               preset: str = "paper") -> dict:
+    """{"edit": {...}, "train": {...}, "curve": [...], "ratio_seconds", "ratio_flops", "reached",
+    "preset"}."""
     targets = parse_targets(targets)
     if not schedule or any(b <= a for a, b in zip(schedule, schedule[1:])) or schedule[0] < 1:
         raise ValueError(f"schedule must be strictly increasing positive step counts, got {list(schedule)}")
     model, tok = lm.model, lm.tokenizer
-    cfg = pipeline.edit_config(targets, seed, suite)
+    cfg = pipeline.edit_config(targets, seed, suite, **presets.resolve(preset, model))
+    margin = pipeline.margin_fn(suite, tok)
     base_asr = _target_asr(lm, suite, targets)
     t0 = time.perf_counter()
-    edit, report = transfer.fit(model, tok, suite.anchors_harmful, suite.anchors_harmless, cfg,
-                                margin=pipeline.margin_fn(suite, tok))
+    edit, report = transfer.fit(model, tok, suite.anchors_harmful, suite.anchors_harmless, cfg, margin=margin)
     edit_s = time.perf_counter() - t0
     anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, cfg.val_fraction, cfg.seed)
+    val_margin = lambda: transfer.validation_margins(model, anchors, cfg, margin)[0]  # noqa: E731  target harmful
+    base_margin = val_margin()
     edit_f = edit_flops(model, tok, anchors, cfg, report)
     with edit.applied(model):
-        edit_asr = _target_asr(lm, suite, targets)
+        edit_asr, edit_margin = _target_asr(lm, suite, targets), val_margin()
 
     scfg = sft or finetune.default_sft(lm, seed)
     examples = finetune.sft_examples(tok, anchors.fit_harmful, anchors.fit_harmless, targets, source=cfg.source,
@@ -54,17 +59,19 @@ def bench_cost(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed: in
     for steps in schedule:
         trainer.train(steps - trainer.steps_done)
         with trainer.delta().applied(model):
-            asr = _target_asr(lm, suite, targets)
-        curve.append({"steps": steps, "asr": asr, "seconds": trainer.seconds,
+            asr, m = _target_asr(lm, suite, targets), val_margin()
+        curve.append({"steps": steps, "asr": asr, "val_margin": m, "seconds": trainer.seconds,
                       "flops": cost.train_flops(n_par, trainer.tokens), "loss": trainer.losses[-1]})
-        if asr <= edit_asr:
+        if asr <= edit_asr and m >= edit_margin:
             reached = True
             break
     last = curve[-1]
-    return {"targets": targets, "base_asr": base_asr,
-            "edit": {"asr": edit_asr, "seconds": edit_s, "flops": edit_f, "layer": report.layer,
-                     "n_neurons": report.n_neurons},
-            "train": {"asr": last["asr"], "steps": last["steps"], "seconds": last["seconds"], "flops": last["flops"],
+    return {"targets": targets, "preset": preset, "base_asr": base_asr, "base_val_margin": base_margin,
+            "edit": {"asr": edit_asr, "val_margin": edit_margin, "seconds": edit_s, "flops": edit_f,
+                     "layer": report.layer, "n_neurons": report.n_neurons,
+                     "stage_seconds": report.stage_seconds},
+            "train": {"asr": last["asr"], "val_margin": last["val_margin"], "steps": last["steps"],
+                      "seconds": last["seconds"], "flops": last["flops"],
                       "lr": scfg.lr, "rank": scfg.rank, "batch_size": scfg.batch_size},
             "curve": curve, "reached": reached,
             "ratio_seconds": last["seconds"] / edit_s, "ratio_flops": last["flops"] / edit_f}
@@ -73,16 +80,17 @@ def bench_cost(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed: in
 def format_report(res: dict) -> str:
     """The lines `make bench` prints."""
     e, tr = res["edit"], res["train"]
-    bound = "" if res["reached"] else " (lower bound: training never reached the edit's ASR)"
+    bound = "" if res["reached"] else " (lower bound: training never reached the edit's ASR and margin)"
     if e["asr"] >= res["base_asr"]:
         bound += " (the edit did not lower the ASR here, so this ratio says nothing about cost)"
-    lines = [f"targets {','.join(res['targets'])}: ASR before {res['base_asr']:.3f}",
-             f"edit      : ASR {e['asr']:.3f}  {e['seconds']:8.2f} s  {e['flops']:.3e} FLOPs  "
-             f"(layer {e['layer']}, |S|={e['n_neurons']})",
-             f"training  : ASR {tr['asr']:.3f}  {tr['seconds']:8.2f} s  {tr['flops']:.3e} FLOPs  "
-             f"({tr['steps']} LoRA steps)",
-             *(f"  step {c['steps']:5d}: ASR {c['asr']:.3f}  {c['seconds']:8.2f} s  loss {c['loss']:.3f}"
-               for c in res["curve"]),
-             f"ratio training / edit to reach the same ASR: {res['ratio_seconds']:.1f}x wall time, "
-             f"{res['ratio_flops']:.1f}x FLOPs{bound}"]
+    lines = [f"targets {','.join(res['targets'])} (preset {res.get('preset', 'paper')}): ASR before "
+             f"{res['base_asr']:.3f}, validation margin before {res['base_val_margin']:+.3f}",
+             f"edit      : ASR {e['asr']:.3f}  margin {e['val_margin']:+.3f}  {e['seconds']:8.2f} s  "
+             f"{e['flops']:.3e} FLOPs  (layer {e['layer']}, |S|={e['n_neurons']})",
+             f"training  : ASR {tr['asr']:.3f}  margin {tr['val_margin']:+.3f}  {tr['seconds']:8.2f} s  "
+             f"{tr['flops']:.3e} FLOPs  ({tr['steps']} LoRA steps)",
+             *(f"  step {c['steps']:5d}: ASR {c['asr']:.3f}  margin {c['val_margin']:+.3f}  {c['seconds']:8.2f} s  "
+               f"loss {c['loss']:.3f}" for c in res["curve"]),
+             f"ratio training / edit to reach the same ASR and validation margin: {res['ratio_seconds']:.1f}x "
+             f"wall time, {res['ratio_flops']:.1f}x FLOPs{bound}"]
     return "\n".join(lines)

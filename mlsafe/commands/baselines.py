@@ -23,6 +23,9 @@ def add_arguments(p):
                                                       "doubles from 5; default: 640)")
     p.add_argument("--lr", type=float, default=None,
                    help="LoRA learning rate (default: mlsafe.baselines.finetune.default_sft's)")
+    p.add_argument("--preset", default="paper",
+                   help="edit recipe of mlsafe.presets for the cost stage (paper or best); a non-paper preset "
+                        "writes results/<model>/<lang>-<preset>/ as reproduce does (default: paper)")
 
 
 def run(args) -> int:
@@ -34,6 +37,8 @@ def run(args) -> int:
     from mlsafe.results import run_lock
 
     stages = chosen(args.only, STAGES, "stage(s)")
+    if args.preset != "paper" and stages != ["cost"]:
+        raise UserError("--preset applies to the cost stage only: add --only cost")
     max_steps = _int(args.max_steps, "--max-steps", 1)
     if args.lr is not None and not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
@@ -60,7 +65,7 @@ def run(args) -> int:
             sft = dataclasses.replace(sft, lr=args.lr)
         if "cost" in stages:
             schedule = [s for s in SCHEDULE if s < max_steps] + [max_steps]
-            res = bench_cost(lm, suite, targets, args.seed, schedule=schedule, sft=sft)
+            res = bench_cost(lm, suite, targets, args.seed, schedule=schedule, sft=sft, preset=args.preset)
             print(f"[mlsafe] cost: model={lm.name} device={args.device}")
             print(format_report(res))
             write_json(out / "cost.json", res)
