@@ -86,6 +86,38 @@ def gap_closed(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def target_runs_frame(summaries: dict[str, dict]) -> pd.DataFrame:
+    """One row per run (label -> summary.json): the edit (preset, layer, |S|) and, averaged
+    over the run's targets, ASR / non-refusal / refusal margin before, after the edit and
+    after the random control, the paired p of edit vs before (McNemar, pooled targets) and of
+    edit vs control (McNemar on verdicts, paired bootstrap on margins), the targets' mean
+    first-token KL, and the XSTest-safe over-refusal change (points)."""
+    def mean(block: dict | None, targets) -> float:
+        vals = [block[t] for t in targets if block and block.get(t) is not None]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    rows = {}
+    for label, s in summaries.items():
+        t, e = s["target_langs"], s["edit"]
+        rc = e["random_control"]
+        pooled = (s["compare"]["after_vs_before"].get("pooled") or {})
+        vs = edit_vs_control(s) or {}
+        xs = s.get("over_refusal_by_source", {})
+        row = {"preset": e.get("preset", "paper"), "layer": e["layer"], "|S|": e["n_neurons"]}
+        for block in ("asr", "non_refusal", "margin"):
+            row[f"{block} before"] = mean(s[block]["before"], t)
+            row[f"{block} after"] = mean(s[block]["after"], t)
+            row[f"{block} control"] = mean(rc.get(block), t)
+        row["p after vs before"] = pooled.get("mcnemar_p", float("nan"))
+        row["p vs control"] = vs.get("mcnemar_p", float("nan"))
+        row["margin p vs control"] = (rc.get("margin_edit_vs_random") or {}).get("p_value", float("nan"))
+        row["KL targets"] = mean(s["kl"]["after"], t)
+        row["XSTest over-refusal pts"] = 100 * (xs["after"]["xstest-safe"] - xs["before"]["xstest-safe"]) \
+            if "xstest-safe" in xs.get("before", {}) else float("nan")
+        rows[label] = row
+    return pd.DataFrame(rows).T
+
+
 def tier_means(values: dict[str, float]) -> dict[str, float]:
     """Mean of a per-language value by the paper's resource tier (source, high, medium, low)."""
     out: dict[str, list[float]] = {}

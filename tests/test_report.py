@@ -241,3 +241,22 @@ def test_load_summary_names_the_run_that_writes_it(tmp_path, monkeypatch):
         report.load_summary("gemma-270m", "th")
     results.write_json(tmp_path / "gemma-270m" / "th" / "summary.json", {"model": "gemma-270m"})
     assert report.load_summary("gemma-270m", "th")["model"] == "gemma-270m"
+
+
+def test_target_runs_frame_averages_over_each_runs_targets():
+    s = _summary()
+    s["edit"].update(preset="best", layer=17, n_neurons=1024)
+    s["edit"]["random_control"].update(non_refusal={"ja": 0.7, "th": 0.5},
+                                       margin={"ja": 0.0, "th": 0.2}, margin_edit_vs_random={"p_value": 0.002})
+    s["edit"]["random_control"]["compare_edit_vs_random"][0]["pooled"]["mcnemar_p"] = 0.03
+    s["kl"] = {"after": {l: 0.01 * i for i, l in enumerate(LANGS)}}
+    s["over_refusal_by_source"] = {"before": {"xstest-safe": 0.30}, "after": {"xstest-safe": 0.33}}
+    one = dict(s, target_langs=["ja", "th"])
+    df = report.target_runs_frame({"ja+th": one, "all": s})
+    ja, th = LANGS.index("ja"), LANGS.index("th")
+    assert df.loc["ja+th", "asr before"] == pytest.approx(0.1 * (ja + th) / 2)
+    assert df.loc["ja+th", "non_refusal control"] == pytest.approx(0.6)
+    assert df.loc["ja+th", "KL targets"] == pytest.approx(0.01 * (ja + th) / 2)
+    assert df.loc["ja+th", "margin p vs control"] == 0.002 and df.loc["ja+th", "p vs control"] == 0.03
+    assert df.loc["all", "XSTest over-refusal pts"] == pytest.approx(3.0) and df.loc["all", "layer"] == 17
+    assert df.loc["all", "non_refusal control"] == pytest.approx(0.6)  # only ja and th have a control value
