@@ -320,7 +320,8 @@ def cached_evaluation(lm: LoadedModel, suite: Suite, base: dict | None, edit, *,
     (suite.cache_responses: the real models, where generation dominates). The key is
     `base` (response_cache_key of the unedited model) plus the edit's sha256 (or none);
     cached responses are judged again, so a new judge never reuses old verdicts. The cache
-    also keeps the full text that committed files cut to 80 characters."""
+    also keeps the full text that committed files cut to 80 characters, and the refusal
+    margins of the harmful prompts (a forward pass per prompt: minutes on a real model)."""
     if base is None:
         return evaluate(lm, suite, progress=progress, seed=seed)
     import hashlib
@@ -332,14 +333,21 @@ def cached_evaluation(lm: LoadedModel, suite: Suite, base: dict | None, edit, *,
     key_src = {**base, "edit": hashlib.sha256(edit.to_bytes()).hexdigest() if edit is not None else None}
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_root() / "responses" / lm.name / f"{key}.json"
+    # margins depend on the start strings too: kept with a hash of them, reused only on a match
+    starts = hashlib.sha256(json.dumps([suite.refusal_starts, suite.comply_starts], sort_keys=True,
+                                       ensure_ascii=False).encode()).hexdigest()
     if path.is_file():
         got = read_json(path)
-        return evaluate(lm, suite, progress=progress, seed=seed, responses=got["responses"],
-                        harmless_responses=got["harmless_responses"])
+        kept = got.get("margins") if got.get("margin_starts") == starts else None
+        res = evaluate(lm, suite, progress=progress, seed=seed, responses=got["responses"],
+                       harmless_responses=got["harmless_responses"], margins=kept)
+        if kept is None:  # a cache file without these margins: add them
+            write_json(path, {**got, "margins": res.margins.tolist(), "margin_starts": starts})
+        return res
     res = evaluate(lm, suite, progress=progress, seed=seed)
     write_json(path, {"key": {k: v for k, v in key_src.items() if k not in ("harmful", "harmless")},
                       "responses": res.responses, "harmless_responses": res.harmless_responses,
-                      "timing": res.timing})
+                      "margins": res.margins.tolist(), "margin_starts": starts, "timing": res.timing})
     return res
 
 

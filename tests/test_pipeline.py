@@ -132,3 +132,28 @@ def test_gap_closed_by_reads_non_refusal_and_negated_margins():
     assert g["non_refusal"]["random_control"]["summed"] == pytest.approx(0.25)
     assert g["margin"]["edit"]["summed"] == pytest.approx(0.5) and g["margin"]["random_control"]["summed"] == \
         pytest.approx(0.1)
+
+
+def test_cached_evaluation_keeps_responses_and_margins(tiny_loaded, tmp_path, monkeypatch):
+    """A cached evaluation returns the first one's responses and margins without a forward
+    pass for the margins; other start strings recompute them (issue 17: minutes on a real model)."""
+    import dataclasses
+
+    from mlsafe.evaluate import run as run_mod
+
+    monkeypatch.setenv("MLSAFE_CACHE", str(tmp_path))
+    _, lm, suite = tiny_loaded
+    suite = dataclasses.replace(suite, cache_responses=True, eval_harmful=suite.eval_harmful[:6],
+                                eval_harmless=suite.eval_harmless[:4])
+    base = pipeline.response_cache_key(lm, suite)
+    first = pipeline.cached_evaluation(lm, suite, base, None, seed=0, progress=False)
+    calls = []
+    real = run_mod.language_margins
+    monkeypatch.setattr(run_mod, "language_margins", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = pipeline.cached_evaluation(lm, suite, base, None, seed=0, progress=False)
+    assert not calls and again.responses == first.responses and torch.equal(again.margins, first.margins)
+    other = dataclasses.replace(suite, refusal_starts={k: [*v, "Nope"] for k, v in suite.refusal_starts.items()})
+    pipeline.cached_evaluation(lm, other, base, None, seed=0, progress=False)
+    assert calls == [1]
+    pipeline.cached_evaluation(lm, other, base, None, seed=0, progress=False)   # now kept for these starts
+    assert calls == [1]

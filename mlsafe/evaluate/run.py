@@ -71,11 +71,12 @@ def harmful_responses(model, tokenizer, suite: "Suite", prompts: Sequence[Prompt
 
 def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, progress: bool = True,
              seed: int = 0, responses: Sequence[str] | None = None,
-             harmless_responses: Sequence[str] | None = None) -> Evaluation:
+             harmless_responses: Sequence[str] | None = None, margins: Sequence[float] | None = None) -> Evaluation:
     """ASR (judge on greedy responses), refusal margin, utility and over-refusal per language.
 
     `responses` / `harmless_responses`: responses already generated for exactly these prompts
     (e.g. from a cache); they are judged again, so a changed judge never reuses old verdicts.
+    `margins`: the refusal margins of the harmful prompts, likewise (float64, one per prompt).
     """
     harmful = [p for p in suite.eval_harmful if p.lang in langs]
     harmless = [p for p in suite.eval_harmless if p.lang in langs]
@@ -91,11 +92,15 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
                                       batch_size=suite.batch_size, progress=progress,
                                       sort_by_length=suite.sort_by_length, stats=st, desc="harmless")
         timing["harmless"] = st
-    if len(responses) != len(harmful) or len(harmless_responses) != len(harmless):
+    if len(responses) != len(harmful) or len(harmless_responses) != len(harmless) \
+            or (margins is not None and len(margins) != len(harmful)):
         raise ValueError("cached responses do not match the suite's prompts; delete the evaluation cache")
     judgments = suite.judge.judge(harmful, list(responses))
-    margins = language_margins(model, tokenizer, harmful, refusal_starts=suite.refusal_starts,
-                               comply_starts=suite.comply_starts)
+    if margins is None:
+        margins = language_margins(model, tokenizer, harmful, refusal_starts=suite.refusal_starts,
+                                   comply_starts=suite.comply_starts)
+    else:
+        margins = torch.tensor(list(margins), dtype=torch.float64)
     safe_judged = suite.judge.judge(harmless, list(harmless_responses))
     refused = [bool(j.refusal) for j in safe_judged]
     tasks = [(p, r) for p, r in zip(harmless, harmless_responses) if p.answer is not None]  # verifiable ones
