@@ -128,10 +128,11 @@ class EditStack:
                 try:
                     patches.append(e.apply(model))
                 except ValueError as err:
+                    state = f"with steps 1..{k} of this stack applied" if k else "unedited"
                     raise ValueError(
-                        f"refusing to apply edit stack step {k + 1} of {n} (layer {e.layer}): each step "
-                        f"applies only to the base model with steps 1..{k} applied, in fitting order "
-                        f"(layers {list(self.layers)}); {err}") from None
+                        f"refusing to apply edit stack step {k + 1} of {n} (layer {e.layer}): it applies only "
+                        f"to the base model {state} (steps go in fitting order, layers {list(self.layers)}); "
+                        f"{err}") from None
         except BaseException:
             StackPatch(patches).revert()
             raise
