@@ -309,7 +309,7 @@ class SparseEdit:
         total = sum(p.numel() for p in model.parameters())
         return self.neurons.numel() * self.d_in * len(self.modules) / total
 
-    def _tensors_and_metadata(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    def tensors_and_metadata(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = {"neurons": self.neurons.contiguous()}
         for module, (a, b) in self.factors.items():
             tensors[f"{module}.A"] = a.detach().cpu().clone(memory_format=torch.contiguous_format)
@@ -325,7 +325,7 @@ class SparseEdit:
 
     def to_bytes(self) -> bytes:
         """The safetensors bytes of the edit: sorted header, so equal edits give equal bytes."""
-        return _canonical_safetensors(*self._tensors_and_metadata())
+        return canonical_safetensors(*self.tensors_and_metadata())
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Write the edit as safetensors (atomically), with its metadata and content_sha256; no pickle.
@@ -370,20 +370,26 @@ class SparseEdit:
             raise EditFileError(f"{path} was fingerprinted by scheme {meta.get('fingerprint_scheme')!r}, this "
                                 f"mlsafe uses {FINGERPRINT_SCHEME!r}; re-fit the edit")
         try:
-            modules = tuple(json.loads(meta["modules"]))
-            expected = {"neurons", *(f"{m}.{x}" for m in modules for x in "AB")}
-            if set(tensors) != expected:
-                raise ValueError(f"tensors {sorted(tensors)} do not match modules {list(modules)}")
-            if tensors["neurons"].dtype != torch.int64:
-                raise ValueError(f"neurons are {tensors['neurons'].dtype}, not int64")
-            return cls(layer=int(meta["layer"]), modules=modules, neurons=tensors["neurons"],
-                       factors={m: (tensors[f"{m}.A"], tensors[f"{m}.B"]) for m in modules},
-                       hparams=json.loads(meta["hparams"]),
-                       base_fingerprint=meta["base_fingerprint"], model_type=meta["model_type"])
+            return cls.from_tensors(tensors, meta)
         except KeyError as err:
             raise EditFileError(f"{corrupt} (missing {err}); re-save or re-fit it") from None
         except (ValueError, TypeError) as err:
             raise EditFileError(f"{corrupt} ({err}); re-save or re-fit it") from None
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> "SparseEdit":
+        """The edit that :meth:`tensors_and_metadata` describes (the checksum is the caller's to
+        check); KeyError for a missing entry, ValueError for inconsistent tensors."""
+        modules = tuple(json.loads(meta["modules"]))
+        expected = {"neurons", *(f"{m}.{x}" for m in modules for x in "AB")}
+        if set(tensors) != expected:
+            raise ValueError(f"tensors {sorted(tensors)} do not match modules {list(modules)}")
+        if tensors["neurons"].dtype != torch.int64:
+            raise ValueError(f"neurons are {tensors['neurons'].dtype}, not int64")
+        return cls(layer=int(meta["layer"]), modules=modules, neurons=tensors["neurons"],
+                   factors={m: (tensors[f"{m}.A"], tensors[f"{m}.B"]) for m in modules},
+                   hparams=json.loads(meta["hparams"]),
+                   base_fingerprint=meta["base_fingerprint"], model_type=meta["model_type"])
 
 
 def content_sha256(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
@@ -398,7 +404,7 @@ def content_sha256(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -
     return h.hexdigest()
 
 
-def _canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """safetensors bytes with the JSON header re-written with sorted keys (the library writes its
     metadata map in arbitrary order, so identical edits would differ byte-wise)."""
     raw = st_save(tensors, metadata=metadata)

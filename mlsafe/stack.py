@@ -154,14 +154,14 @@ class EditStack:
             return self.edits[0].to_bytes()
         tensors, steps = {}, []
         for k, e in enumerate(self.edits):
-            t, meta = e._tensors_and_metadata()
+            t, meta = e.tensors_and_metadata()
             tensors.update({f"{k}.{name}": v for name, v in t.items()})
             steps.append(meta)
         metadata = {"format": FORMAT, "mlsafe_version": mlsafe.__version__, "fingerprint_scheme": FINGERPRINT_SCHEME,
                     "model_type": self.model_type, "layers": json.dumps(list(self.layers)),
                     "steps": json.dumps(steps, sort_keys=True)}
         metadata["content_sha256"] = content_sha256(tensors, metadata)
-        return edit_mod._canonical_safetensors(tensors, metadata)
+        return edit_mod.canonical_safetensors(tensors, metadata)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Write the stack as one safetensors file, atomically. An existing file is replaced
@@ -241,13 +241,7 @@ def _step(tensors: dict[str, torch.Tensor], k: int, meta: dict) -> SparseEdit:
     own = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
     if meta.get("format") != edit_mod.FORMAT or content_sha256(own, meta) != meta.get("content_sha256"):
         raise ValueError(f"step {k + 1} does not match its own content_sha256")
-    modules = tuple(json.loads(meta["modules"]))
-    if own["neurons"].dtype != torch.int64:
-        raise ValueError(f"step {k + 1}'s neurons are {own['neurons'].dtype}, not int64")
-    return SparseEdit(layer=int(meta["layer"]), modules=modules, neurons=own["neurons"],
-                      factors={m: (own[f"{m}.A"], own[f"{m}.B"]) for m in modules},
-                      hparams=json.loads(meta["hparams"]), base_fingerprint=meta["base_fingerprint"],
-                      model_type=meta["model_type"])
+    return SparseEdit.from_tensors(own, meta)
 
 
 def fit_sequence(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt], cfg, layers: Sequence[int],

@@ -55,3 +55,16 @@ def test_equals_a_hand_computation_and_does_not_depend_on_batching():
     means = first_token_kl(model, tok, PROMPTS, edit, batch_size=1)
     assert math.isclose(means["en"], float(batched[[0, 2]].mean()), rel_tol=1e-4)
     assert math.isclose(means["th"], float(batched[[1, 3]].mean()), rel_tol=1e-4)
+
+
+def test_groups_of_batches_give_the_per_batch_values(monkeypatch):
+    """The edit applied once per group of batches (issue 17) changes no value: groups of one
+    batch (apply per batch, the old way) and one group of all batches agree exactly."""
+    from mlsafe.evaluate import kl as kl_mod
+
+    model, tok = qwen()
+    edit = edit_of(model, 0.5)
+    whole = first_token_kl_per_prompt(model, tok, PROMPTS, edit, batch_size=1)
+    monkeypatch.setattr(kl_mod, "GROUP_BATCHES", 1)
+    assert torch.equal(first_token_kl_per_prompt(model, tok, PROMPTS, edit, batch_size=1), whole)
+    assert bool((whole > 0).all())

@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from mlsafe import arch
-from mlsafe.edit import SparseEdit, _canonical_safetensors, content_sha256, fingerprint
+from mlsafe.edit import SparseEdit, canonical_safetensors, content_sha256, fingerprint
 from tiny import D_MODEL, tiny_model
 
 torch.set_num_threads(1)
@@ -36,11 +36,11 @@ def _header(raw: bytes) -> tuple[int, dict]:
 
 def _resign(edit: SparseEdit, tensors=None, meta=None) -> bytes:
     """A hostile file that carries a *valid* content_sha256 for its altered content."""
-    t, m = edit._tensors_and_metadata()
+    t, m = edit.tensors_and_metadata()
     t.update(tensors or {})
     m.update(meta or {})
     m["content_sha256"] = content_sha256(t, m)
-    return _canonical_safetensors(t, m)
+    return canonical_safetensors(t, m)
 
 
 @pytest.fixture
@@ -70,9 +70,9 @@ def test_a_flipped_byte_in_a_factor_is_refused(saved):
 def test_edited_metadata_is_refused(saved, meta):
     """Before: modules -> ["gate"] applied half the edit; stale hparams loaded."""
     _, edit, path = saved
-    t, m = edit._tensors_and_metadata()
+    t, m = edit.tensors_and_metadata()
     m.update(meta)
-    path.write_bytes(_canonical_safetensors(t, m))  # the old content_sha256 kept
+    path.write_bytes(canonical_safetensors(t, m))  # the old content_sha256 kept
     with pytest.raises(ValueError, match="is corrupt"):
         SparseEdit.load(path)
 
@@ -80,9 +80,9 @@ def test_edited_metadata_is_refused(saved, meta):
 @pytest.mark.parametrize("neurons", [NEURONS + 1, NEURONS.flip(0)], ids=["shifted", "reversed"])
 def test_changed_neurons_are_refused(saved, neurons):
     _, edit, path = saved
-    t, m = edit._tensors_and_metadata()
+    t, m = edit.tensors_and_metadata()
     t["neurons"] = neurons.contiguous()
-    path.write_bytes(_canonical_safetensors(t, m))
+    path.write_bytes(canonical_safetensors(t, m))
     with pytest.raises(ValueError, match="is corrupt"):
         SparseEdit.load(path)
 
