@@ -81,6 +81,26 @@ def search_frame(record: Mapping) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def trials_frame(record: Mapping) -> pd.DataFrame:
+    """The trials of scripts/stack_search.py (stack.json) or scripts/kl_sweep.py (kl_sweep.json):
+    one row each with the layers, neurons and gamma where recorded, the validation gains,
+    score, share of the validation gap, mean first-token KL on harmless validation anchors and
+    score - KL, |S| and the share of parameters."""
+    rows = []
+    for t in record["trials"]:
+        layers = t.get("layers", t.get("layer"))
+        kl = t.get("first_token_kl_mean", float("nan"))
+        rows.append({"layers": ",".join(map(str, layers)) if isinstance(layers, list) else str(layers),
+                     "neurons": str(t.get("neurons", record.get("preset", ""))),
+                     "gamma": t.get("gamma", record.get("gamma", float("nan"))),
+                     "gain_target": t["val_gain_harmful"], "gain_harmless": t["val_gain_harmless"],
+                     "gain_english": t["val_gain_source"], "score": t["score"],
+                     "share_of_gap": share_of_target_gap(record, t["val_gain_harmful"]),
+                     "kl": kl, "score_minus_kl": t["score"] - kl, "n_neurons": t["n_neurons"],
+                     "params_pct": 100 * t["fraction_of_parameters"]})
+    return pd.DataFrame(rows)
+
+
 def share_of_target_gap(record: Mapping, gain: float) -> float:
     """A validation margin gain as a share of the validation gap (English margin - target margin)."""
     before = record["before"]

@@ -88,3 +88,20 @@ def test_goal_rows_and_frame():
     assert list(frame.columns) == ["paper", "best", "goal"] and frame.loc["gap_closed", "goal"] == ">= 0.6"
     with pytest.raises(ValueError, match="measure must be one of"):
         limits.goal_frame({"x": _summary()}, "kl")
+
+
+def test_trials_frame_reads_stack_and_sweep_records():
+    stack = {"before": {"target": 1.0, "harmless": -0.5, "source": 3.0}, "preset": "best", "gamma": 1.0,
+             "trials": [{"layers": [17, 19], "val_gain_harmful": 1.5, "val_gain_harmless": 0.4,
+                         "val_gain_source": -0.1, "score": 1.0, "first_token_kl_mean": 0.7, "n_neurons": 2048,
+                         "fraction_of_parameters": 0.0058}]}
+    sweep = {"before": stack["before"], "trials": [
+        {"layer": 17, "neurons": "gap1024", "gamma": 10.0, "val_gain_harmful": 0.5, "val_gain_harmless": 0.0,
+         "val_gain_source": 0.0, "score": 0.5, "first_token_kl_mean": 0.04, "n_neurons": 1024,
+         "fraction_of_parameters": 0.0029}]}
+    f = limits.trials_frame(stack)
+    assert f.loc[0, "layers"] == "17,19" and f.loc[0, "neurons"] == "best" and f.loc[0, "gamma"] == 1.0
+    assert f.loc[0, "share_of_gap"] == pytest.approx(0.75) and f.loc[0, "score_minus_kl"] == pytest.approx(0.3)
+    g = limits.trials_frame(sweep)
+    assert g.loc[0, "layers"] == "17" and g.loc[0, "neurons"] == "gap1024" and g.loc[0, "gamma"] == 10.0
+    assert g.loc[0, "params_pct"] == pytest.approx(0.29)
