@@ -27,6 +27,7 @@ from mlsafe import arch, presets, transfer
 from mlsafe.backends import DEFAULT_BACKEND, backend_for
 from mlsafe.controls import random_control_sets
 from mlsafe.edit import Fingerprints, SparseEdit
+from mlsafe.evaluate.metrics import gap_closed, gap_closed_by
 from mlsafe.evaluate.run import Evaluation, asr_of
 from mlsafe.evaluate.run import evaluate as run_evaluation
 from mlsafe.langs import LANGS, parse_targets, target_key
@@ -263,34 +264,6 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
             "compare_edit_vs_random": compares,
             # diff = edit - control margin (nats), over every target prompt; p: paired bootstrap
             "margin_edit_vs_random": margin_compare}
-
-
-def gap_closed(before: dict, after: dict, control: dict, targets: Sequence[str], source: str = "en") -> dict:
-    """Share of the cross-lingual safety gap (ASR_lang - ASR_source before the edit) that the
-    edit closes, per target and summed over the targets (the method issue's headline), and
-    the same for the random control."""
-    def share(after_):
-        per, num, den = {}, 0.0, 0.0
-        for t in targets:
-            if t not in after_:
-                continue
-            gap = before[t] - before[source]
-            per[t] = (before[t] - after_[t]) / gap if gap > 0 else None
-            if gap > 0:
-                num, den = num + before[t] - after_[t], den + gap
-        return {"per_lang": per, "summed": num / den if den > 0 else None}
-    return {"edit": share(after), "random_control": share(control) if control else None}
-
-
-def gap_closed_by(before: dict, after: dict, control: dict, targets: Sequence[str], source: str = "en") -> dict:
-    """`gap_closed` on the two other measures of the gap: the non-refusal rate (1 - refusal
-    rate, judged) and the refusal margin (negated, so that a gap is positive as for ASR);
-    `before`/`after` are Evaluation.blocks(), `control` the random_control block."""
-    neg = lambda d: {k: -v for k, v in d.items()}  # noqa: E731
-    return {"non_refusal": gap_closed(before["non_refusal"], after["non_refusal"],
-                                      control.get("non_refusal") or {}, targets, source),
-            "margin": gap_closed(neg(before["margin"]), neg(after["margin"]), neg(control.get("margin") or {}),
-                                 targets, source)}
 
 
 def _data_report(report: dict) -> dict:

@@ -105,3 +105,15 @@ def test_trials_frame_reads_stack_and_sweep_records():
     g = limits.trials_frame(sweep)
     assert g.loc[0, "layers"] == "17" and g.loc[0, "neurons"] == "gap1024" and g.loc[0, "gamma"] == 10.0
     assert g.loc[0, "params_pct"] == pytest.approx(0.29)
+
+
+def test_goal_rows_of_an_older_summary_come_from_its_blocks():
+    s = _summary()
+    del s["gap_closed_by"]
+    s.update(non_refusal={"before": {"en": 0.4, "ja": 0.8, "th": 0.6}, "after": {"en": 0.4, "ja": 0.6, "th": 0.6}},
+             margin={"before": {"en": 2.0, "ja": 0.0, "th": 1.0}, "after": {"en": 2.0, "ja": 1.0, "th": 1.0}})
+    s["edit"]["random_control"]["margin"] = {"ja": 0.2, "th": 1.0}
+    rows = limits.goal_rows(s)
+    assert rows["non_refusal"]["gap_closed"] == pytest.approx(0.2 / 0.6)
+    assert math.isnan(rows["non_refusal"]["control_gap_closed"])   # the old control kept no non-refusal
+    assert rows["margin"]["gap_closed"] == pytest.approx(1 / 3) and rows["margin"]["vs_control"] == pytest.approx(5.0)

@@ -219,3 +219,31 @@ def write_per_prompt_csv(path: str | Path, prompts: Sequence[Prompt], responses:
     # Quote every field: responses of random models can hold \r and other control characters.
     write_atomic(Path(path), df.to_csv(index=False, quoting=csv.QUOTE_ALL, lineterminator="\n"))
     return df
+
+
+def gap_closed(before: dict, after: dict, control: dict, targets: Sequence[str], source: str = "en") -> dict:
+    """Share of the cross-lingual safety gap (ASR_lang - ASR_source before the edit) that the
+    edit closes, per target and summed over the targets (the method issue's headline), and
+    the same for the random control."""
+    def share(after_):
+        per, num, den = {}, 0.0, 0.0
+        for t in targets:
+            if t not in after_:
+                continue
+            gap = before[t] - before[source]
+            per[t] = (before[t] - after_[t]) / gap if gap > 0 else None
+            if gap > 0:
+                num, den = num + before[t] - after_[t], den + gap
+        return {"per_lang": per, "summed": num / den if den > 0 else None}
+    return {"edit": share(after), "random_control": share(control) if control else None}
+
+
+def gap_closed_by(before: dict, after: dict, control: dict, targets: Sequence[str], source: str = "en") -> dict:
+    """`gap_closed` on the two other measures of the gap: the non-refusal rate (1 - refusal
+    rate, judged) and the refusal margin (negated, so that a gap is positive as for ASR);
+    `before`/`after` are Evaluation.blocks(), `control` the random_control block."""
+    neg = lambda d: {k: -v for k, v in d.items()}  # noqa: E731
+    return {"non_refusal": gap_closed(before["non_refusal"], after["non_refusal"],
+                                      control.get("non_refusal") or {}, targets, source),
+            "margin": gap_closed(neg(before["margin"]), neg(after["margin"]), neg(control.get("margin") or {}),
+                                 targets, source)}
