@@ -146,8 +146,9 @@ def goal_rows(summary: Mapping) -> dict[str, dict[str, float]]:
     """The goal table's values of one summary.json, per gap measure: the share of the summed
     target gap closed by the edit and by the random control, their ratio, the paired p of
     edit vs control, and (the same for every measure) over-refusal on XSTest-safe (points),
-    mean first-token KL over the harmless prompts' languages and the MGSM change (points,
-    mean over its languages). Missing entries (older summaries) are NaN."""
+    first-token KL on harmless prompts (the mean of the per-language means over all
+    languages, and over the targets alone) and the MGSM change (points, mean over its
+    languages). Missing entries are NaN."""
     rc = summary["edit"]["random_control"]
     by = summary.get("gap_closed_by")
     if by is None:  # a summary from before gap_closed_by was written: the same from its blocks
@@ -162,7 +163,9 @@ def goal_rows(summary: Mapping) -> dict[str, dict[str, float]]:
         if "xstest-safe" in xs.get("before", {}) else float("nan")
     util = summary.get("utility", {})
     utility = 100 * _mean([util["after"][k] - util["before"][k] for k in util.get("before", {})])
-    kl = _mean((summary.get("kl", {}).get("after") or {}).values())
+    kl_after = summary.get("kl", {}).get("after") or {}
+    kl = _mean(kl_after.values())
+    kl_targets = _mean(kl_after.get(t) for t in summary["target_langs"])
     out = {}
     for measure in GAP_MEASURES:
         block = by.get(measure) or {}
@@ -171,7 +174,7 @@ def goal_rows(summary: Mapping) -> dict[str, dict[str, float]]:
         out[measure] = {"gap_closed": edit, "control_gap_closed": control,
                         "vs_control": edit / control if control > 0 else float("nan"),
                         "p_vs_control": _nan(p[measure]), "xstest_over_refusal_pts": xstest,
-                        "harmless_kl": kl, "utility_pts": utility}
+                        "harmless_kl": kl, "harmless_kl_targets": kl_targets, "utility_pts": utility}
     return out
 
 

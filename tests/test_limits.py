@@ -79,7 +79,7 @@ def test_goal_rows_and_frame():
     nr = rows["non_refusal"]
     assert nr["gap_closed"] == 0.6 and nr["vs_control"] == pytest.approx(3.0) and nr["p_vs_control"] == 0.004
     assert nr["xstest_over_refusal_pts"] == pytest.approx(2.0) and nr["utility_pts"] == pytest.approx(-1.0)
-    assert nr["harmless_kl"] == pytest.approx(0.05)
+    assert nr["harmless_kl"] == pytest.approx(0.05) and nr["harmless_kl_targets"] == pytest.approx(0.09)
     assert rows["margin"]["vs_control"] == pytest.approx(10.0) and rows["margin"]["p_vs_control"] == 0.0005
     assert math.isnan(rows["asr"]["gap_closed"]) and math.isnan(rows["asr"]["vs_control"])   # no ASR gap
     assert limits.goal_met("gap_closed", 0.6) and not limits.goal_met("p_vs_control", 0.01)
