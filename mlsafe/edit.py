@@ -333,30 +333,14 @@ class SparseEdit:
         An existing file at `path` is replaced only when it is an mlsafe edit (a rerun) or
         `overwrite` is True: a model's weights are never clobbered by mistake.
         """
-        path = Path(path)
-        if path.exists() and not overwrite:
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    is_edit = (f.metadata() or {}).get("format") == FORMAT
-            except (SafetensorError, OSError):
-                is_edit = False
-            if not is_edit:
-                raise EditFileError(f"refusing to replace {path}: it exists and is not an mlsafe edit; "
-                                    "choose another path or pass overwrite=True")
-        write_atomic(path, self.to_bytes())
+        write_edit_file(path, self.to_bytes(), (FORMAT,), "an mlsafe edit", overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> "SparseEdit":
         """Read an edit written by :meth:`save`; EditFileError (a ValueError) for a file that is not
         one, or whose content does not match its content_sha256, or that is inconsistent."""
         path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError) as err:
-            raise EditFileError(f"{path} is not a safetensors file ({err}); expected an edit "
-                                "written by SparseEdit.save") from None
+        meta, tensors = read_edit_file(path, "an edit written by SparseEdit.save")
         if meta.get("format") != FORMAT:
             raise EditFileError(f"{path} is a safetensors file but not an mlsafe edit "
                                 f"(metadata format={meta.get('format')!r}); write it with SparseEdit.save")
@@ -390,6 +374,35 @@ class SparseEdit:
                    factors={m: (tensors[f"{m}.A"], tensors[f"{m}.B"]) for m in modules},
                    hparams=json.loads(meta["hparams"]),
                    base_fingerprint=meta["base_fingerprint"], model_type=meta["model_type"])
+
+
+def file_format(path: str | Path) -> str | None:
+    """The `format` entry of a safetensors file's metadata; None for a file that is not one."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError):
+        return None
+
+
+def read_edit_file(path: Path, expected: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file; EditFileError naming `expected` if it is not one."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise EditFileError(f"{path} is not a safetensors file ({err}); expected {expected}") from None
+
+
+def write_edit_file(path: str | Path, data: bytes, formats: tuple[str, ...], what: str, *,
+                    overwrite: bool = False) -> None:
+    """Write `data` to `path` atomically. An existing file is replaced only when its format is
+    one of `formats` (a rerun) or `overwrite` is True: a model's weights are never clobbered."""
+    path = Path(path)
+    if path.exists() and not overwrite and file_format(path) not in formats:
+        raise EditFileError(f"refusing to replace {path}: it exists and is not {what}; "
+                            "choose another path or pass overwrite=True")
+    write_atomic(path, data)
 
 
 def content_sha256(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:

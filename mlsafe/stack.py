@@ -34,14 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 import mlsafe
 from mlsafe import arch, edit as edit_mod
 from mlsafe.edit import FINGERPRINT_SCHEME, EditFileError, RowPatch, SparseEdit, content_sha256
 from mlsafe.prompts import Prompt
-from mlsafe.results import write_atomic
 
 FORMAT = "mlsafe.EditStack"
 
@@ -166,17 +164,8 @@ class EditStack:
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
         """Write the stack as one safetensors file, atomically. An existing file is replaced
         only when it is an mlsafe edit or edit stack (a rerun) or `overwrite` is True."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    ours = (f.metadata() or {}).get("format") in (FORMAT, edit_mod.FORMAT)
-            except (SafetensorError, OSError):
-                ours = False
-            if not ours:
-                raise EditFileError(f"refusing to replace {path}: it exists and is not an mlsafe edit or "
-                                    "edit stack; choose another path or pass overwrite=True")
-        write_atomic(path, self.to_bytes())
+        edit_mod.write_edit_file(path, self.to_bytes(), (FORMAT, edit_mod.FORMAT), "an mlsafe edit or edit stack",
+                                 overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> "EditStack":
@@ -184,13 +173,7 @@ class EditStack:
         stack). EditFileError (a ValueError, one line) for a file that is not one, whose content
         does not match its content_sha256, or that is inconsistent."""
         path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError) as err:
-            raise EditFileError(f"{path} is not a safetensors file ({err}); expected an edit stack "
-                                "written by EditStack.save (re-save or re-fit it)") from None
+        meta, tensors = edit_mod.read_edit_file(path, "an edit stack written by EditStack.save (re-save or re-fit it)")
         if meta.get("format") == edit_mod.FORMAT:
             return cls((SparseEdit.load(path),))
         if meta.get("format") != FORMAT:
@@ -222,12 +205,7 @@ class EditStack:
 def load_edit_or_stack(path: str | Path) -> SparseEdit | EditStack:
     """The EditStack in a stack file (format mlsafe.EditStack), else ``SparseEdit.load(path)``
     (a single edit, with SparseEdit.load's errors for anything else)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            fmt = (f.metadata() or {}).get("format")
-    except (SafetensorError, OSError):
-        fmt = None
-    return EditStack.load(path) if fmt == FORMAT else SparseEdit.load(path)
+    return EditStack.load(path) if edit_mod.file_format(path) == FORMAT else SparseEdit.load(path)
 
 
 def _tensor_names(e: SparseEdit) -> list[str]:
