@@ -344,15 +344,7 @@ class SparseEdit:
         if meta.get("format") != FORMAT:
             raise EditFileError(f"{path} is a safetensors file but not an mlsafe edit "
                                 f"(metadata format={meta.get('format')!r}); write it with SparseEdit.save")
-        corrupt = f"edit file {path} is corrupt"
-        if "content_sha256" not in meta:
-            raise EditFileError(f"{corrupt} or from an older mlsafe (no content_sha256); re-save or re-fit it")
-        if content_sha256(tensors, meta) != meta["content_sha256"]:
-            raise EditFileError(f"{corrupt}: its tensors or metadata do not match its content_sha256; "
-                                "re-save or re-fit it")
-        if meta.get("fingerprint_scheme") != FINGERPRINT_SCHEME:
-            raise EditFileError(f"{path} was fingerprinted by scheme {meta.get('fingerprint_scheme')!r}, this "
-                                f"mlsafe uses {FINGERPRINT_SCHEME!r}; re-fit the edit")
+        corrupt = check_edit_file(path, meta, tensors, "edit")
         try:
             return cls.from_tensors(tensors, meta)
         except KeyError as err:
@@ -403,6 +395,22 @@ def write_edit_file(path: str | Path, data: bytes, formats: tuple[str, ...], wha
         raise EditFileError(f"refusing to replace {path}: it exists and is not {what}; "
                             "choose another path or pass overwrite=True")
     write_atomic(path, data)
+
+
+def check_edit_file(path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor], what: str) -> str:
+    """The checks of every mlsafe `what` file ("edit", "edit stack") once its format is known:
+    its content_sha256 and fingerprint scheme (EditFileError, one line). Returns the
+    "<what> file <path> is corrupt" prefix for the caller's own checks."""
+    corrupt = f"{what} file {path} is corrupt"
+    if "content_sha256" not in meta:
+        raise EditFileError(f"{corrupt} or from an older mlsafe (no content_sha256); re-save or re-fit it")
+    if content_sha256(tensors, meta) != meta["content_sha256"]:
+        raise EditFileError(f"{corrupt}: its tensors or metadata do not match its content_sha256; "
+                            "re-save or re-fit it")
+    if meta.get("fingerprint_scheme") != FINGERPRINT_SCHEME:
+        raise EditFileError(f"{path} was fingerprinted by scheme {meta.get('fingerprint_scheme')!r}, this "
+                            f"mlsafe uses {FINGERPRINT_SCHEME!r}; re-fit the {what}")
+    return corrupt
 
 
 def content_sha256(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:

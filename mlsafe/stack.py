@@ -179,13 +179,7 @@ class EditStack:
         if meta.get("format") != FORMAT:
             raise EditFileError(f"{path} is a safetensors file but not an mlsafe edit stack "
                                 f"(metadata format={meta.get('format')!r}); write it with EditStack.save")
-        corrupt = f"edit stack file {path} is corrupt"
-        if content_sha256(tensors, meta) != meta.get("content_sha256"):
-            raise EditFileError(f"{corrupt}: its tensors or metadata do not match its content_sha256; "
-                                "re-save or re-fit it")
-        if meta.get("fingerprint_scheme") != FINGERPRINT_SCHEME:
-            raise EditFileError(f"{path} was fingerprinted by scheme {meta.get('fingerprint_scheme')!r}, this "
-                                f"mlsafe uses {FINGERPRINT_SCHEME!r}; re-fit the stack")
+        corrupt = edit_mod.check_edit_file(path, meta, tensors, "edit stack")
         try:
             steps = json.loads(meta["steps"])
             edits = [_step(tensors, k, m) for k, m in enumerate(steps)]
