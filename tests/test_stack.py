@@ -205,6 +205,11 @@ def test_cli_edit_layers_then_apply_merged(tiny_dir, tmp_path, capsys, no_progre
         assert _equal(_state(base), _state(plain))
     assert main(["apply", str(out / "edit.safetensors"), str(tiny_dir), "--save-adapter", str(tmp_path / "a")]) == 2
     _one_line_error(capsys, "--save-merged")
+    audit = tmp_path / "audit.json"   # audit --edit takes a stack file too (every step applied in order)
+    assert main(["audit", str(tiny_dir), "--langs", "en,th", "--data", "fixtures", "--n", "2",
+                 "--edit", str(out / "edit.safetensors"), "--out", str(audit)]) == 0
+    capsys.readouterr()
+    assert all(v > 0 for v in json.loads(audit.read_text())["first_token_kl"].values())
     for extra, needle in ((["--layers", "1,1"], "more than once"), (["--layers", "0,7"], "out of range"),
                           (["--layers", "1,x"], "comma-separated"), (["--layer", "1", "--layers", "0,1"], "not both")):
         assert main(["edit", str(tiny_dir), "--lang", "th", "--out", str(tmp_path / "e"), "--data", "fixtures",
