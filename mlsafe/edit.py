@@ -357,8 +357,7 @@ class SparseEdit:
         """The edit that :meth:`tensors_and_metadata` describes (the checksum is the caller's to
         check); KeyError for a missing entry, ValueError for inconsistent tensors."""
         modules = tuple(json.loads(meta["modules"]))
-        expected = {"neurons", *(f"{m}.{x}" for m in modules for x in "AB")}
-        if set(tensors) != expected:
+        if set(tensors) != set(tensor_names(modules)):
             raise ValueError(f"tensors {sorted(tensors)} do not match modules {list(modules)}")
         if tensors["neurons"].dtype != torch.int64:
             raise ValueError(f"neurons are {tensors['neurons'].dtype}, not int64")
@@ -366,6 +365,11 @@ class SparseEdit:
                    factors={m: (tensors[f"{m}.A"], tensors[f"{m}.B"]) for m in modules},
                    hparams=json.loads(meta["hparams"]),
                    base_fingerprint=meta["base_fingerprint"], model_type=meta["model_type"])
+
+
+def tensor_names(modules) -> list[str]:
+    """The tensors of an edit file of these modules: "neurons" and "<module>.A" / "<module>.B"."""
+    return ["neurons", *(f"{m}.{x}" for m in modules for x in "AB")]
 
 
 def file_format(path: str | Path) -> str | None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from mlsafe.evaluate.metrics import gap_closed_by
+from mlsafe.report import xstest_change_pts
 
 SITE_ORDER = ("neurons", "mlp", "residual")
 
@@ -158,9 +159,7 @@ def goal_rows(summary: Mapping) -> dict[str, dict[str, float]]:
     pooled = (rc.get("compare_edit_vs_random") or [{}])[0].get("pooled") or {}
     p = {"asr": pooled.get("mcnemar_p"), "non_refusal": pooled.get("mcnemar_p"),
          "margin": (rc.get("margin_edit_vs_random") or {}).get("p_value")}
-    xs = summary.get("over_refusal_by_source", {})
-    xstest = 100 * (xs["after"]["xstest-safe"] - xs["before"]["xstest-safe"]) \
-        if "xstest-safe" in xs.get("before", {}) else float("nan")
+    xstest = xstest_change_pts(summary)
     util = summary.get("utility", {})
     utility = 100 * _mean([util["after"][k] - util["before"][k] for k in util.get("before", {})])
     kl_after = summary.get("kl", {}).get("after") or {}

@@ -86,6 +86,14 @@ def gap_closed(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def xstest_change_pts(summary: dict) -> float:
+    """Over-refusal on XSTest-safe after the edit minus before, in points (NaN without XSTest)."""
+    xs = summary.get("over_refusal_by_source", {})
+    if "xstest-safe" not in xs.get("before", {}):
+        return float("nan")
+    return 100 * (xs["after"]["xstest-safe"] - xs["before"]["xstest-safe"])
+
+
 def target_runs_frame(summaries: dict[str, dict]) -> pd.DataFrame:
     """One row per run (label -> summary.json): the edit (preset, layer, |S|) and, averaged
     over the run's targets, ASR / non-refusal / refusal margin before, after the edit and
@@ -102,7 +110,6 @@ def target_runs_frame(summaries: dict[str, dict]) -> pd.DataFrame:
         rc = e["random_control"]
         pooled = (s["compare"]["after_vs_before"].get("pooled") or {})
         vs = edit_vs_control(s) or {}
-        xs = s.get("over_refusal_by_source", {})
         row = {"preset": e.get("preset", "paper"), "layer": e["layer"], "|S|": e["n_neurons"]}
         for block in ("asr", "non_refusal", "margin"):
             row[f"{block} before"] = mean(s[block]["before"], t)
@@ -112,8 +119,7 @@ def target_runs_frame(summaries: dict[str, dict]) -> pd.DataFrame:
         row["p vs control"] = vs.get("mcnemar_p", float("nan"))
         row["margin p vs control"] = (rc.get("margin_edit_vs_random") or {}).get("p_value", float("nan"))
         row["KL targets"] = mean(s["kl"]["after"], t)
-        row["XSTest over-refusal pts"] = 100 * (xs["after"]["xstest-safe"] - xs["before"]["xstest-safe"]) \
-            if "xstest-safe" in xs.get("before", {}) else float("nan")
+        row["XSTest over-refusal pts"] = xstest_change_pts(s)
         rows[label] = row
     return pd.DataFrame(rows).T
 

@@ -183,7 +183,7 @@ class EditStack:
         try:
             steps = json.loads(meta["steps"])
             edits = [_step(tensors, k, m) for k, m in enumerate(steps)]
-            used = {f"{k}.{name}" for k, e in enumerate(edits) for name in _tensor_names(e)}
+            used = {f"{k}.{name}" for k, e in enumerate(edits) for name in edit_mod.tensor_names(e.modules)}
             if used != set(tensors):
                 raise ValueError(f"tensors {sorted(set(tensors) - used)} belong to no step")
             stack = cls(tuple(edits))
@@ -200,10 +200,6 @@ def load_edit_or_stack(path: str | Path) -> SparseEdit | EditStack:
     """The EditStack in a stack file (format mlsafe.EditStack), else ``SparseEdit.load(path)``
     (a single edit, with SparseEdit.load's errors for anything else)."""
     return EditStack.load(path) if edit_mod.file_format(path) == FORMAT else SparseEdit.load(path)
-
-
-def _tensor_names(e: SparseEdit) -> list[str]:
-    return ["neurons", *(f"{m}.{x}" for m in e.modules for x in "AB")]
 
 
 def _step(tensors: dict[str, torch.Tensor], k: int, meta: dict) -> SparseEdit:
