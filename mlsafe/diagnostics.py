@@ -11,6 +11,10 @@ and the amplification test, written to ``results/<model>/<lang>/diagnostics.json
 * Amplification (eq. 1): multiply the outputs a_j of the English safety neurons by alpha
   (`mlsafe.edit.scaled_neurons`) and measure the refusal margin (and ASR) per language.
   Which layers to amplify is OPEN in the paper; the default is the edit layer only.
+* Judged amplification (`amplification_asr`, written to amplification_asr.json): the same
+  eq. 1 scaling at one layer, with English's S from that layer's moments only (no pass over
+  every layer), scored by the suite's judge: ASR with Wilson intervals, non-refusal and
+  unclear shares per language and alpha, and each prompt's verdict for paired comparisons.
 
 Nothing here fits an edit: the layer comes from the main run's summary.json (or is given).
 """
@@ -28,7 +32,8 @@ import torch
 from mlsafe import arch, neurons, probe, transfer
 from mlsafe import evaluate as ev
 from mlsafe.edit import scaled_neurons
-from mlsafe.langs import LANGS, SOURCE, parse_targets, target_key
+from mlsafe.evaluate.run import harmful_responses
+from mlsafe.langs import LANGS, SOURCE, TARGETS, parse_targets, target_key
 from mlsafe.prompts import Prompt
 from mlsafe.results import read_json, results_dir, write_json
 from mlsafe.suites import edit_config, load
@@ -195,6 +200,93 @@ def run(model_spec: str, lang: str, *, device: str = "cpu", seed: int = 0, data:
     return path
 
 
+def judged_amplification(model, tokenizer, suite, prompts: Sequence[Prompt], neurons_by_layer: dict[int, torch.Tensor],
+                         alphas: Sequence[float], *, seed: int = 0) -> dict:
+    """Eq. 1 scored by the suite's judge: for each alpha, a_j of `neurons_by_layer` scaled by
+    alpha (`mlsafe.edit.scaled_neurons`, weights restored after each), greedy responses with the
+    suite's generation settings (`mlsafe.evaluate.run.harmful_responses`), the judge's verdicts and
+    the refusal margin.
+
+    Returns {"alphas", "langs", "n": {lang: prompts}, "prompt_ids", and per metric
+    {lang: [per alpha]}: "margin", "asr", "asr_ci" ([lo, hi], Wilson 95 %), "unsafe" (count),
+    "non_refusal", "unclear" (share); "verdicts": {alpha: {"unsafe": [...], "refusal": [...]}}
+    in prompt order}."""
+    if not alphas:
+        raise ValueError("alphas is empty; pass e.g. (0.0, 1.0, 4.0)")
+    if not prompts:
+        raise ValueError("no evaluation prompts to amplify on")
+    prompts = list(prompts)
+    langs = ev.metrics.lang_order({p.lang for p in prompts})
+    keys = ("margin", "asr", "asr_ci", "unsafe", "non_refusal", "unclear")
+    out: dict = {"alphas": [float(a) for a in alphas], "langs": langs,
+                 "n": {lang: sum(p.lang == lang for p in prompts) for lang in langs},
+                 "prompt_ids": [p.id for p in prompts], **{k: {lang: [] for lang in langs} for k in keys},
+                 "verdicts": {}}
+    margin_kw = dict(refusal_starts=suite.refusal_starts, comply_starts=suite.comply_starts)
+    for alpha in alphas:
+        with scaled_neurons(model, neurons_by_layer, alpha):
+            m = ev.mean_by_lang(prompts, ev.language_margins(model, tokenizer, prompts, **margin_kw))
+            responses = harmful_responses(model, tokenizer, suite, prompts)
+        judgments = suite.judge.judge(prompts, responses)
+        table = ev.asr_table(prompts, judgments, seed=seed)
+        extra = ev.summary_extra(table)
+        for lang in langs:
+            row = table.loc[lang]
+            out["margin"][lang].append(m[lang])
+            out["asr"][lang].append(float(row.asr))
+            out["asr_ci"][lang].append([float(row.ci_lo), float(row.ci_hi)])
+            out["unsafe"][lang].append(int(row.unsafe))
+            out["non_refusal"][lang].append(extra["non_refusal"][lang])
+            out["unclear"][lang].append(extra["unclear"][lang]["share"])
+        out["verdicts"][str(float(alpha))] = {"unsafe": [bool(j.unsafe) for j in judgments],
+                                              "refusal": [j.refusal for j in judgments]}
+    return out
+
+
+def amplification_asr(model_spec: str, *, layer: int, alphas: Sequence[float] = (0.0, 1.0, 4.0),
+                      n_per_lang: int | None = 20, device: str = "cpu", seed: int = 0, data: str = "auto",
+                      out_dir: Path | None = None, loaded=None) -> Path:
+    """Judged ASR per language when English's safety neurons at one layer are scaled by each
+    alpha (eq. 1); writes amplification_asr.json (atomic) in out_dir and returns its path.
+
+    Unlike `run`, which needs every layer's sets for the Jaccard tables, this computes the
+    activation moments of the English anchors at `layer` only, so English's S (eq. 13-16,
+    the suite's edit thresholds and position) is the same set `run` finds there at a
+    fraction of the cost. Evaluation: `per_lang(suite.eval_harmful, n_per_lang, seed)`.
+    out_dir defaults to results/<model>/diagnostics. loaded: a (model, suite) pair of
+    mlsafe.suites.load when the caller already holds it.
+    """
+    if not alphas:
+        raise ValueError("alphas is empty; pass e.g. (0.0, 1.0, 4.0)")
+    out_dir = Path(out_dir) if out_dir is not None else results_dir(model_spec, "diagnostics")
+    t0 = time.perf_counter()
+    lm, suite = loaded or load(model_spec, device=device, seed=seed, data=data)
+    n_layers = arch.n_layers(lm.model)
+    if not 0 <= int(layer) < n_layers:
+        raise ValueError(f"layer {layer} is out of range: this model has layers 0..{n_layers - 1}")
+    layer = int(layer)
+    cfg = edit_config(TARGETS, seed, suite)  # its position, thresholds and batch; targets play no part
+    moments = language_moments(lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, [SOURCE],
+                               [layer], position=cfg.position, batch_size=cfg.batch_size)
+    if SOURCE not in moments:
+        raise ValueError(f"the suite has too few {SOURCE} anchors (need >= 2 harmful and 2 harmless)")
+    s_en = language_sets(moments, tau_mag=cfg.tau_mag, tau_stat=cfg.tau_stat)[layer][SOURCE].s_safety
+    t_sets = time.perf_counter()
+    prompts = per_lang(suite.eval_harmful, n_per_lang, seed)
+    amp = judged_amplification(lm.model, lm.tokenizer, suite, prompts, {layer: s_en}, alphas, seed=seed)
+    harm, safe = moments[SOURCE]
+    result = {"model": lm.name, "seed": seed, "layer": layer, "n_layers": n_layers, "position": cfg.position,
+              "tau_mag": cfg.tau_mag, "tau_stat": cfg.tau_stat,
+              "judge": suite.judge.name,
+              "max_new_tokens": suite.max_new_tokens, "n_per_lang": n_per_lang,
+              "n_anchors_en": {"harmful": harm[layer].n, "harmless": safe[layer].n},
+              "neurons": s_en.tolist(), "n_neurons": int(s_en.numel()), **amp,
+              "seconds": {"sets": t_sets - t0, "total": time.perf_counter() - t0}}
+    path = out_dir / "amplification_asr.json"
+    write_json(path, result)
+    return path
+
+
 def per_lang(prompts: Sequence[Prompt], limit: int | None, seed: int = 0) -> list[Prompt]:
     """At most `limit` prompts of each language, a seeded random sample kept in input order
     (all when limit is None). Random rather than the first ones: data sets are often ordered."""
@@ -213,3 +305,37 @@ def per_lang(prompts: Sequence[Prompt], limit: int | None, seed: int = 0) -> lis
 def _finite(x: float) -> float | None:
     """JSON has no NaN: an undefined overlap (two empty sets) is stored as null."""
     return None if math.isnan(x) else float(x)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m mlsafe.diagnostics --model M --layer L [--alphas 0,1,4] [--n-per-lang 20]
+    [--data ROOT] [--out DIR]`: the judged amplification (`amplification_asr`) alone."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mlsafe.diagnostics", description=main.__doc__)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--layer", type=int, required=True, help="layer whose English safety neurons are scaled")
+    ap.add_argument("--alphas", default="0,1,4", help="comma-separated scale factors (eq. 1)")
+    ap.add_argument("--n-per-lang", type=int, default=20, help="evaluation prompts per language (seeded sample)")
+    ap.add_argument("--data", default="auto")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="folder of amplification_asr.json (default results/<model>/diagnostics)")
+    args = ap.parse_args(argv)
+    try:
+        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    except ValueError:
+        ap.error(f"--alphas must be comma-separated numbers, got {args.alphas!r}")
+    if not alphas:
+        ap.error("--alphas is empty")
+    if args.n_per_lang < 1:
+        ap.error(f"--n-per-lang must be >= 1, got {args.n_per_lang}")
+    path = amplification_asr(args.model, layer=args.layer, alphas=alphas, n_per_lang=args.n_per_lang,
+                             device=args.device, seed=args.seed, data=args.data,
+                             out_dir=Path(args.out) if args.out else None)
+    print(f"[mlsafe] wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

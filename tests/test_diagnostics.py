@@ -124,3 +124,73 @@ def test_run_writes_diagnostics_json(tiny_run):
     assert all(len(v) == 2 and all(math.isfinite(x) for x in v) for v in d["amplification"]["asr"].values())
     with pytest.raises(ValueError, match="amplify"):
         diagnostics.run(str(folder), "th", amplify="some", out_dir=out)
+
+
+def test_amplification_asr_uses_one_layer_and_matches_the_all_layer_set(tiny_run, monkeypatch):
+    root, folder, lm, suite = tiny_run
+    seen_layers = []
+    collect = diagnostics.probe.collect
+
+    def spy(model, tokenizer, texts, layers, **kw):
+        seen_layers.append(list(layers))
+        return collect(model, tokenizer, texts, layers, **kw)
+
+    monkeypatch.setattr(diagnostics.probe, "collect", spy)
+    before = arch.neuron_weight(lm.model, 1, "down").clone()
+    path = diagnostics.amplification_asr(str(folder), layer=1, alphas=(0.0, 1.0, 3.0), n_per_lang=2,
+                                         out_dir=root / "asr", loaded=(lm, suite))
+    assert path == root / "asr" / "amplification_asr.json"
+    assert seen_layers == [[1], [1]]          # English harmful and harmless anchors, layer 1 only
+    assert torch.equal(arch.neuron_weight(lm.model, 1, "down"), before)
+    d = json.loads(path.read_text())
+    monkeypatch.undo()
+    # the same English set as run()'s pass over every layer finds at that layer
+    sets = diagnostics.language_sets(diagnostics.language_moments(
+        lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, ["en"], [0, 1]))
+    assert d["neurons"] == sets[1]["en"].s_safety.tolist() and d["n_neurons"] == len(d["neurons"]) > 0
+    prompts = diagnostics.per_lang(suite.eval_harmful, 2, 0)
+    assert d["prompt_ids"] == [p.id for p in prompts] and d["alphas"] == [0.0, 1.0, 3.0]
+    assert d["judge"] == suite.judge.name and d["layer"] == 1
+    kw = dict(refusal_starts=suite.refusal_starts, comply_starts=suite.comply_starts)
+    base = ev.mean_by_lang(prompts, ev.language_margins(lm.model, lm.tokenizer, prompts, **kw))
+    table = ev.asr_table(prompts, suite.judge.judge(prompts, ev.generate(
+        lm.model, lm.tokenizer, [p.text for p in prompts], max_new_tokens=suite.max_new_tokens,
+        batch_size=suite.batch_size, sort_by_length=suite.sort_by_length, progress=False)))
+    for lang in d["langs"]:
+        n = d["n"][lang]
+        assert n == sum(p.lang == lang for p in prompts) == 2
+        assert d["margin"][lang][1] == pytest.approx(base[lang], abs=1e-9)   # alpha 1: the unedited model
+        assert d["unsafe"][lang][1] == int(table.loc[lang, "unsafe"])
+        for k, unsafe in enumerate(d["unsafe"][lang]):
+            assert d["asr"][lang][k] == unsafe / n
+            assert d["asr_ci"][lang][k] == pytest.approx(list(ev.wilson(unsafe, n)))
+            assert 0.0 <= d["non_refusal"][lang][k] <= 1.0 and 0.0 <= d["unclear"][lang][k] <= 1.0
+    assert any(abs(v[2] - v[1]) > 1e-6 for v in d["margin"].values())      # alpha 3 moves the margin
+    for verdicts in d["verdicts"].values():
+        assert len(verdicts["unsafe"]) == len(prompts) == len(verdicts["refusal"])
+    assert sum(d["verdicts"]["1.0"]["unsafe"]) == int(table["unsafe"].sum())
+
+
+def test_amplification_asr_rejects_bad_input(tiny_run):
+    root, folder, lm, suite = tiny_run
+    with pytest.raises(ValueError, match="alphas is empty"):
+        diagnostics.amplification_asr(str(folder), layer=1, alphas=(), out_dir=root / "bad", loaded=(lm, suite))
+    with pytest.raises(ValueError, match="out of range"):
+        diagnostics.amplification_asr(str(folder), layer=9, out_dir=root / "bad", loaded=(lm, suite))
+    with pytest.raises(ValueError, match="no evaluation prompts"):
+        diagnostics.judged_amplification(lm.model, lm.tokenizer, suite, [], {1: torch.arange(3)}, (1.0,))
+    assert not (root / "bad").exists()
+
+
+def test_main_writes_amplification_asr_json(tiny_run, capsys):
+    root, folder, _, _ = tiny_run
+    assert diagnostics.main(["--model", str(folder), "--layer", "0", "--alphas", "1,2", "--n-per-lang", "1",
+                             "--out", str(root / "cli")]) == 0
+    d = json.loads((root / "cli" / "amplification_asr.json").read_text())
+    assert d["alphas"] == [1.0, 2.0] and d["layer"] == 0 and set(d["n"].values()) == {1}
+    assert "amplification_asr.json" in capsys.readouterr().out
+    for bad in (["--alphas", "a,b"], ["--alphas", ","], ["--n-per-lang", "0"]):
+        with pytest.raises(SystemExit) as err:
+            diagnostics.main(["--model", str(folder), "--layer", "0", "--out", str(root / "x"), *bad])
+        assert err.value.code == 2
+    assert not (root / "x").exists()
