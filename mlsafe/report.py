@@ -478,6 +478,110 @@ def failure_notes(g: pd.DataFrame, targets, others, *, n_task: int, random_gain:
     return fails
 
 
+# ------------------------------------------------------------------ Sec. 3 diagnostics (chapter 9)
+TIER_ORDER = ("high", "medium", "low")
+
+
+def jaccard_by_layer(diag: dict, source: str = "en") -> pd.DataFrame:
+    """J(S_source, S_lang) (eq. 2) at every layer of diagnostics.json: index layer (int), one
+    column per other language (paper order); NaN where both sets are empty."""
+    rows = {}
+    for key, jac in diag["jaccard"].items():
+        m = pd.DataFrame(jac["matrix"], index=jac["langs"], columns=jac["langs"], dtype="float64")
+        rows[int(key)] = m.loc[source].drop(source)
+    out = pd.DataFrame(rows).T.sort_index().rename_axis("layer")
+    return out[[lang for lang in LANGS if lang in out.columns] + sorted(set(out.columns) - set(LANGS))]
+
+
+def amplification_margins(diag: dict, alphas=None) -> pd.DataFrame:
+    """Mean refusal margin (nats) per language (rows, paper order) with English's safety neurons
+    scaled by each alpha (columns; eq. 1), from diagnostics.json; `alphas` keeps those only."""
+    amp = diag["amplification"]
+    out = pd.DataFrame(amp["margin"], index=pd.Index([float(a) for a in amp["alphas"]], name="alpha")).T
+    out = out.loc[[lang for lang in LANGS if lang in out.index]].rename_axis("lang")
+    if alphas is not None:
+        missing = [a for a in alphas if float(a) not in out.columns]
+        if missing:
+            raise KeyError(f"alphas {missing} are not in the diagnostics (it has {list(out.columns)})")
+        out = out[[float(a) for a in alphas]]
+    return out
+
+
+def amplification_asr_frame(record: dict) -> pd.DataFrame:
+    """amplification_asr.json as a table: rows language (paper order), columns (alpha, measure)
+    with measures n, ASR, lo and hi (its Wilson 95 % interval), non-refusal, unclear (shares)."""
+    langs = [lang for lang in LANGS if lang in record["langs"]] + sorted(set(record["langs"]) - set(LANGS))
+    cols = {}
+    for k, alpha in enumerate(record["alphas"]):
+        a = float(alpha)
+        cols[(a, "n")] = {lang: record["n"][lang] for lang in langs}
+        cols[(a, "ASR")] = {lang: record["asr"][lang][k] for lang in langs}
+        cols[(a, "lo")] = {lang: record["asr_ci"][lang][k][0] for lang in langs}
+        cols[(a, "hi")] = {lang: record["asr_ci"][lang][k][1] for lang in langs}
+        cols[(a, "non-refusal")] = {lang: record["non_refusal"][lang][k] for lang in langs}
+        cols[(a, "unclear")] = {lang: record["unclear"][lang][k] for lang in langs}
+    out = pd.DataFrame(cols).loc[langs].rename_axis("lang")
+    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["alpha", "measure"])
+    return out
+
+
+def motivation_by_tier(diag: dict, judged: dict | None = None, summary: dict | None = None,
+                       paper_asr: pd.Series | None = None, *, low: float = 1.0, high: float | None = None
+                       ) -> pd.DataFrame:
+    """The paper's Sec. 3 claims by resource tier (rows high, medium, low; mlsafe.langs.TIERS),
+    each column a mean over the tier's languages that have the measure (NaN where none has):
+
+    languages; J with en (mean over layers) and J with en at the diagnostics' layer (eq. 2);
+    margin gain: margin at alpha `high` (default the largest) minus at alpha `low` (eq. 1);
+    with `judged` (amplification_asr.json): ASR and non-refusal change (points) over the same
+    alphas; with `summary` (the main run): the unedited ASR and non-refusal (%); with
+    `paper_asr` (per language, %, e.g. mlsafe.paper.table6(m)["asr_none"]): the paper's."""
+    jac = jaccard_by_layer(diag)
+    margins = amplification_margins(diag)
+    high = float(max(margins.columns)) if high is None else float(high)
+    per_lang: dict[str, pd.Series] = {
+        "J with en (mean over layers)": jac.mean(),
+        f"J with en (layer {diag['layer']})": jac.loc[int(diag["layer"])],
+        f"margin gain, alpha {low:g} -> {high:g}": margins[high] - margins[float(low)],
+    }
+    if judged is not None:
+        alphas = [float(a) for a in judged["alphas"]]
+        if low not in alphas or high not in alphas:
+            raise KeyError(f"the judged run has alphas {alphas}, not both {low:g} and {high:g}")
+        i, j = alphas.index(float(low)), alphas.index(high)
+        for name, key in (("ASR", "asr"), ("non-refusal", "non_refusal")):
+            per_lang[f"{name} change, alpha {low:g} -> {high:g} (pts)"] = pd.Series(
+                {lang: 100 * (v[j] - v[i]) for lang, v in judged[key].items()})
+    if summary is not None:
+        per_lang["ours: ASR unedited %"] = 100 * pd.Series(summary["asr"]["before"], dtype="float64")
+        per_lang["ours: non-refusal unedited %"] = 100 * pd.Series(summary["non_refusal"]["before"], dtype="float64")
+    if paper_asr is not None:
+        per_lang["paper: ASR unedited %"] = pd.Series(paper_asr, dtype="float64")
+    rows = {}
+    for tier in TIER_ORDER:
+        langs = [lang for lang in LANGS if TIERS[lang] == tier]
+        row: dict = {"languages": " ".join(langs)}
+        for name, series in per_lang.items():
+            row[name] = float(series.reindex(langs).astype("float64").mean())
+        rows[tier] = row
+    return pd.DataFrame(rows).T.rename_axis("tier")
+
+
+def tier_trend(column: pd.Series) -> str | None:
+    """How a motivation_by_tier column moves from high to medium to low resource, over the
+    tiers that have a value: "falls" or "rises" (strictly, at every step), else "mixed";
+    None when fewer than two tiers have a value."""
+    values = [float(column[t]) for t in TIER_ORDER if t in column.index and pd.notna(column[t])]
+    if len(values) < 2:
+        return None
+    steps = list(zip(values, values[1:]))
+    if all(a > b for a, b in steps):
+        return "falls"
+    if all(a < b for a, b in steps):
+        return "rises"
+    return "mixed"
+
+
 if __name__ == "__main__":  # python -m mlsafe.report [--write README.md]: the README's headline table
     import sys
 

@@ -260,3 +260,64 @@ def test_target_runs_frame_averages_over_each_runs_targets():
     assert df.loc["ja+th", "margin p vs control"] == 0.002 and df.loc["ja+th", "p vs control"] == 0.03
     assert df.loc["all", "XSTest over-refusal pts"] == pytest.approx(3.0) and df.loc["all", "layer"] == 17
     assert df.loc["all", "non_refusal control"] == pytest.approx(0.6)  # only ja and th have a control value
+
+
+def _diag():
+    """A hand-made diagnostics.json: layers 0 and 1, en/zh/th sets, margins at alphas 0, 1, 4."""
+    mat = lambda a, b: [[1.0, a, b], [a, 1.0, 0.2], [b, 0.2, 1.0]]  # noqa: E731
+    return {"layer": 1,
+            "jaccard": {"1": {"langs": ["en", "th", "zh"], "matrix": mat(0.2, 0.6)},
+                        "0": {"langs": ["en", "th", "zh"], "matrix": mat(None, 0.4)}},
+            "amplification": {"alphas": [0.0, 1.0, 4.0],
+                              "margin": {"th": [0.0, 0.5, 0.6], "en": [1.0, 2.0, 4.0], "zh": [0.0, 1.0, 2.0],
+                                         "bn": [0.0, 0.1, 0.1]}}}
+
+
+def _judged():
+    return {"alphas": [1.0, 4.0], "langs": ["en", "zh", "bn"], "n": {"en": 20, "zh": 20, "bn": 10},
+            "asr": {"en": [0.5, 0.25], "zh": [0.4, 0.2], "bn": [0.3, 0.3]},
+            "asr_ci": {"en": [[0.3, 0.7], [0.1, 0.5]], "zh": [[0.2, 0.6], [0.1, 0.4]], "bn": [[0.1, 0.6], [0.1, 0.6]]},
+            "non_refusal": {"en": [0.6, 0.3], "zh": [0.5, 0.5], "bn": [1.0, 0.9]},
+            "unclear": {"en": [0.0, 0.0], "zh": [0.1, 0.0], "bn": [0.5, 0.5]}}
+
+
+def test_jaccard_by_layer_and_amplification_margins():
+    jac = report.jaccard_by_layer(_diag())
+    assert list(jac.index) == [0, 1] and list(jac.columns) == ["zh", "th"]   # paper order
+    assert jac.loc[1, "zh"] == 0.6 and jac.loc[0, "zh"] == 0.4 and math.isnan(jac.loc[0, "th"])
+    m = report.amplification_margins(_diag(), [1, 4])
+    assert list(m.index) == ["en", "zh", "th", "bn"] and list(m.columns) == [1.0, 4.0]
+    assert m.loc["th", 4.0] == 0.6
+    with pytest.raises(KeyError, match="alphas"):
+        report.amplification_margins(_diag(), [2])
+
+
+def test_amplification_asr_frame_columns_per_alpha():
+    f = report.amplification_asr_frame(_judged())
+    assert list(f.index) == ["en", "zh", "bn"]
+    assert f.loc["zh", (4.0, "ASR")] == 0.2 and f.loc["zh", (4.0, "lo")] == 0.1 and f.loc["bn", (1.0, "n")] == 10
+    assert f.loc["bn", (1.0, "unclear")] == 0.5 and f.loc["en", (4.0, "non-refusal")] == 0.3
+    assert list(f.columns.get_level_values("alpha").unique()) == [1.0, 4.0]
+
+
+def test_motivation_by_tier_and_tier_trend():
+    from mlsafe.langs import LANGS
+
+    summary = {"asr": {"before": {l: 0.1 for l in LANGS}}, "non_refusal": {"before": {"zh": 0.2, "bn": 0.8}}}
+    paper_asr = pd.Series({"zh": 10.0, "vi": 20.0, "ja": 30.0, "th": 30.0, "id": 30.0, "bn": 40.0, "he": 60.0})
+    t = report.motivation_by_tier(_diag(), _judged(), summary, paper_asr)
+    assert list(t.index) == ["high", "medium", "low"] and t.loc["low", "languages"] == "bn he"
+    assert t.loc["high", "J with en (mean over layers)"] == pytest.approx(0.5)       # zh: (0.4 + 0.6) / 2
+    assert t.loc["medium", "J with en (layer 1)"] == 0.2 and math.isnan(t.loc["low", "J with en (layer 1)"])
+    assert t.loc["medium", "margin gain, alpha 1 -> 4"] == pytest.approx(0.1)        # th only
+    assert t.loc["high", "ASR change, alpha 1 -> 4 (pts)"] == pytest.approx(-20.0)   # zh: 40 % -> 20 %
+    assert t.loc["low", "non-refusal change, alpha 1 -> 4 (pts)"] == pytest.approx(-10.0)
+    assert math.isnan(t.loc["medium", "ASR change, alpha 1 -> 4 (pts)"])
+    assert t.loc["low", "ours: non-refusal unedited %"] == pytest.approx(80.0)
+    assert t.loc["low", "paper: ASR unedited %"] == pytest.approx(50.0)
+    assert report.tier_trend(t["J with en (mean over layers)"]) == "falls"
+    assert report.tier_trend(t["paper: ASR unedited %"]) == "rises"
+    assert report.tier_trend(pd.Series({"high": 1.0, "medium": 0.5, "low": 0.7})) == "mixed"
+    assert report.tier_trend(pd.Series({"high": 1.0, "medium": float("nan"), "low": float("nan")})) is None
+    with pytest.raises(KeyError, match="judged run"):
+        report.motivation_by_tier(_diag(), _judged(), low=0.0)
