@@ -11,6 +11,7 @@ same validation anchors (transfer.split_anchors, the split the edit's layer choi
    parallel pairs is not re-fitted here (see the chapter);
 3. multi-layer edits: the top layers' edits applied together (each from unedited statistics).
 
+Model, suite, split, margins and each trial's row by mlsafe.trials (load_search, search_trial, TrialLog).
 Writes results/<model>/search/search.json (every trial) atomically; prints a table.
 Usage: python scripts/edit_search.py qwen2.5-coder-0.5b --data /work/shared/data [--layers 12-22]
 """
@@ -18,18 +19,12 @@ Usage: python scripts/edit_search.py qwen2.5-coder-0.5b --data /work/shared/data
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from mlsafe import neurons, transfer
-from mlsafe.evaluate.kl import first_token_kl
-from mlsafe.models import load_model
-from mlsafe.results import write_json
-from mlsafe.suites import make_suite
+from mlsafe import neurons, transfer, trials
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,16 +50,11 @@ def main() -> None:
                     help="first-token KL for every trial or only steps 2-3 (default: final)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    torch.manual_seed(args.seed)
-    lm = load_model(args.model, "cpu", seed=args.seed)
-    suite = make_suite(lm, args.data, args.seed, "cpu")
-    from mlsafe.pipeline import margin_fn
-
-    margin = margin_fn(suite, lm.tokenizer)
     layers = parse_range(args.layers)
+    search = trials.load_search(args.model, args.data, args.seed, args.lang.split(","))
+    lm, anchors = search.lm, search.anchors
     cfg = transfer.EditConfig(targets=args.lang.split(","), seed=args.seed, stats_pass="fused",
                               candidate_layers=layers, layer_selection="predicted")
-    anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, cfg.val_fraction, cfg.seed)
     print(f"anchors: fit harmful {len(anchors.fit_harmful)}, harmless {len(anchors.fit_harmless)}; "
           f"val harmful {len(anchors.val_harmful)}, harmless {len(anchors.val_harmless)}", flush=True)
     t1 = time.perf_counter()
@@ -77,38 +67,18 @@ def main() -> None:
         if cache is not None:
             torch.save(stats, cache)
     stats_s = time.perf_counter() - t1
-    before = transfer.validation_margins(lm.model, anchors, cfg, margin)
-    print(f"validation margins before: target {before[0]:+.3f} harmless {before[1]:+.3f} source {before[2]:+.3f}",
-          flush=True)
-    trials = []
-    val_harmless = list(anchors.val_harmless)
+    print(search.before_line(), flush=True)
     out = Path(args.out) if args.out else ROOT / "results" / args.model / "search"
-    out.mkdir(parents=True, exist_ok=True)
-
-    def save(complete: bool) -> None:
-        write_json(out / "search.json", {"model": args.model, "targets": cfg.targets, "layers": layers,
-                                         "before": dict(zip(("target", "harmless", "source"), before)),
-                                         "n_val": {"harmful": len(anchors.val_harmful), "harmless": len(val_harmless)},
-                                         "stats_seconds": stats_s, "seconds": time.perf_counter() - t0,
-                                         "complete": complete, "trials": trials})
+    log = trials.TrialLog(out / "search.json", {
+        "model": args.model, "targets": cfg.targets, "layers": layers, "before": search.before_dict(),
+        "n_val": {"harmful": len(anchors.val_harmful), "harmless": len(anchors.val_harmless)},
+        "stats_seconds": stats_s}, t0=t0)
 
     def score(edits, **info):
-        t = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            for e in edits:
-                stack.enter_context(e.applied(lm.model))
-            after = transfer.validation_margins(lm.model, anchors, cfg, margin)
-        row = {**info, **transfer.score_gains(before, after),
-               "n_neurons": sum(int(e.neurons.numel()) for e in edits),
-               "fraction_of_parameters": sum(e.fraction_of_parameters(lm.model) for e in edits),
-               "seconds": time.perf_counter() - t}
-        if len(edits) == 1 and (args.kl == "all" or info["step"] != "layer"):
-            row["first_token_kl"] = first_token_kl(lm.model, lm.tokenizer, val_harmless, edits[0])
-        trials.append(row)
-        save(complete=False)     # every trial lands on disk: a stopped search keeps what it measured
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
-                          if k != "first_token_kl"}), flush=True)
-        return row
+        """One trial (trials.search_trial, no margins after); the first-token KL on the harmless
+        validation anchors for single edits outside step 1 (or every single edit with --kl all)."""
+        with_kl = len(edits) == 1 and (args.kl == "all" or info["step"] != "layer")
+        return log.add(trials.search_trial(search, edits, kl="by_lang" if with_kl else None, after=False, **info))
 
     base_edits = {}
     d_ff = None
@@ -125,7 +95,7 @@ def main() -> None:
         edit = transfer.build_edit(lm.model, layer, torch.arange(d_ff), st, cfg)
         base_edits[(layer, "all")] = edit
         score([edit], step="layer", neurons="all", layer=layer)
-    ranked = sorted((r for r in trials if r["step"] == "layer"), key=lambda r: -r["score"])
+    ranked = sorted((r for r in log.trials if r["step"] == "layer"), key=lambda r: -r["score"])
     top = []
     for r in ranked:
         if r["layer"] not in [t[0] for t in top]:
@@ -149,8 +119,8 @@ def main() -> None:
     for n in range(2, len(top) + 1):   # step 3: several layers together (each from unedited statistics)
         score([base_edits[t] for t in top[:n]], step="multi_layer", layers=[t[0] for t in top[:n]],
               neurons=[t[1] for t in top[:n]])
-    save(complete=True)
-    print(f"wrote {out / 'search.json'} ({time.perf_counter() - t0:.0f} s)")
+    log.finish()
+    print(f"wrote {log.path} ({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Issue 13's KL-aware sweep: gamma x neuron set at one layer, scored on validation anchors only.
 
-Model, suite, anchor split and margins exactly as scripts/edit_search.py; statistics read from
+Model, suite, anchor split and margins exactly as scripts/edit_search.py (mlsafe.trials); statistics read from
 its scratch cache (``--stats-cache``: transfer.collect_stats output, stats_pass "fused"), so a
 single-layer trial costs only validation forward passes. One factor at a time at `--layer`
 (rank 8, modules gate+up): neuron sets ``gap1024`` (EditConfig neuron_set "gap", neuron_k 1024:
@@ -30,21 +30,14 @@ Writes results/<model>/search/kl_sweep.json atomically after every trial. Rerun:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from mlsafe import neurons, transfer
+from mlsafe import neurons, transfer, trials
 from mlsafe.edit import fingerprint
-from mlsafe.evaluate.kl import first_token_kl_per_prompt
-from mlsafe.evaluate.margin import mean_by_lang
-from mlsafe.models import load_model
-from mlsafe.results import write_json
 from mlsafe.stack import EditStack, fit_sequence
-from mlsafe.suites import make_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 #: neuron-set name -> EditConfig keywords (the fused pass is what the cached statistics hold)
@@ -84,60 +77,30 @@ def main() -> None:
     st = stats[args.layer]
     if st.paired.yty is None:
         raise SystemExit(f"--stats-cache {cache} is not from the fused statistics pass (no X_en^T X_en)")
-    torch.manual_seed(args.seed)
-    lm = load_model(args.model, "cpu", seed=args.seed)
-    suite = make_suite(lm, args.data, args.seed, "cpu")
-    from mlsafe.pipeline import margin_fn
-
-    margin = margin_fn(suite, lm.tokenizer)
     targets = args.lang.split(",")
-    base_cfg = transfer.EditConfig(targets=targets, seed=args.seed, stats_pass="fused")
-    anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, base_cfg.val_fraction,
-                                     base_cfg.seed)
-    val_harmless = list(anchors.val_harmless)
-    before = transfer.validation_margins(lm.model, anchors, base_cfg, margin)
-    gap = before[2] - before[0]      # English minus target harmful margin: the gap to close
-    print(f"validation margins before: target {before[0]:+.3f} harmless {before[1]:+.3f} source {before[2]:+.3f}",
-          flush=True)
+    search = trials.load_search(args.model, args.data, args.seed, targets)
+    lm, anchors, base_cfg = search.lm, search.anchors, search.cfg
+    print(search.before_line(), flush=True)
     sets = neurons.safety_neurons_from_moments(st.acts_harm, st.acts_safe, tau_mag=base_cfg.tau_mag,
                                                tau_stat=base_cfg.tau_stat)
     fp = fingerprint(lm.model, args.layer)
     out = Path(args.out) if args.out else ROOT / "results" / args.model / "search"
-    trials: list[dict] = []
     command = (f"OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/kl_sweep.py {args.model} --data {args.data} "
                f"--lang {args.lang} --layer {args.layer} --gammas {args.gammas} --stats-cache {args.stats_cache}"
                + (" --no-stack" if args.no_stack else f" --stack-layer {args.stack_layer}"))
-
-    def save(complete: bool) -> None:
-        write_json(out / "kl_sweep.json", {
-            "model": args.model, "targets": targets, "layer": args.layer, "rank": base_cfg.rank,
-            "modules": list(base_cfg.modules), "lam": base_cfg.lam, "seed": args.seed, "command": command,
-            "objective": "score - first_token_kl_mean (validation anchors only)",
-            "before": dict(zip(("target", "harmless", "source"), before)), "gap": gap,
-            "n_val": {"harmful": len(anchors.val_harmful), "harmless": len(val_harmless),
-                      "target_harmful": sum(p.lang in targets for p in anchors.val_harmful)},
-            "seconds": time.perf_counter() - t0, "complete": complete, "trials": trials})
+    log = trials.TrialLog(out / "kl_sweep.json", {
+        "model": args.model, "targets": targets, "layer": args.layer, "rank": base_cfg.rank,
+        "modules": list(base_cfg.modules), "lam": base_cfg.lam, "seed": args.seed, "command": command,
+        "objective": "score - first_token_kl_mean (validation anchors only)",
+        "before": search.before_dict(), "gap": search.gap,
+        "n_val": {"harmful": len(anchors.val_harmful), "harmless": len(anchors.val_harmless),
+                  "target_harmful": sum(p.lang in targets for p in anchors.val_harmful)}}, t0=t0)
 
     def score(edits, **info) -> dict:
-        t = time.perf_counter()
-        with contextlib.ExitStack() as applied:
-            for e in edits:
-                applied.enter_context(e.applied(lm.model))
-            after = transfer.validation_margins(lm.model, anchors, base_cfg, margin)
-        kl = first_token_kl_per_prompt(lm.model, lm.tokenizer, val_harmless, EditStack(tuple(edits)))
-        gains = transfer.score_gains(before, after)
-        row = {**info, **gains, "share_of_gap": gains["val_gain_harmful"] / gap,
-               "after": dict(zip(("target", "harmless", "source"), after)),
-               "first_token_kl": mean_by_lang(val_harmless, kl), "first_token_kl_mean": float(kl.mean()),
-               "objective": objective(gains["score"], float(kl.mean())),
-               "n_neurons": sum(int(e.neurons.numel()) for e in edits),
-               "fraction_of_parameters": sum(e.fraction_of_parameters(lm.model) for e in edits),
-               "seconds": time.perf_counter() - t}
-        trials.append(row)
-        save(complete=False)     # every trial lands on disk: a stopped sweep keeps what it measured
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
-                          if k not in ("first_token_kl", "after")}), flush=True)
-        return row
+        """One trial (trials.search_trial with the share of the gap) plus the sweep's objective."""
+        row = trials.search_trial(search, edits, gap=search.gap, **info)
+        row["objective"] = objective(row["score"], row["first_token_kl_mean"])
+        return log.add(row)
 
     built = {}
     for name, kw in NEURON_SETS.items():
@@ -149,16 +112,17 @@ def main() -> None:
             built[(name, gamma)] = (edit, cfg)
             score([edit], neurons=name, layers=[args.layer], gamma=gamma, solve_seconds=time.perf_counter() - t)
     if not args.no_stack:
-        best = max((r for r in trials if r["neurons"] == "gap1024"), key=lambda r: r["objective"])
+        best = max((r for r in log.trials if r["neurons"] == "gap1024"), key=lambda r: r["objective"])
         edit, cfg = built[("gap1024", best["gamma"])]
         t = time.perf_counter()
-        stack, reports = fit_sequence(lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, cfg,
-                                      [args.stack_layer], margin=margin, start=EditStack((edit,)))
+        stack, reports = fit_sequence(lm.model, lm.tokenizer, search.suite.anchors_harmful,
+                                      search.suite.anchors_harmless, cfg, [args.stack_layer], margin=search.margin,
+                                      start=EditStack((edit,)))
         score(list(stack.edits), neurons="gap1024", layers=list(stack.layers), gamma=best["gamma"],
               chosen_by="best objective among the gap1024 trials",
               fit_seconds=time.perf_counter() - t)
-    save(complete=True)
-    print(f"wrote {out / 'kl_sweep.json'} ({time.perf_counter() - t0:.0f} s)")
+    log.finish()
+    print(f"wrote {log.path} ({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Issue 13's multi-layer lead: edits fitted in sequence (mlsafe.stack.fit_sequence), scored on
-validation anchors only, exactly as scripts/edit_search.py scores its trials.
+validation anchors only, exactly as scripts/edit_search.py scores its trials (mlsafe.trials).
 
 Recipe: the `best` preset's (mlsafe.presets: neuron_set "gap", neuron_k 1024 on the 0.5B,
 stats_pass "fused", rank 8, gamma 1), one layer per step; step k is fitted on statistics of
@@ -19,19 +19,11 @@ Rerun (about 5-8 minutes of statistics per fitted layer on one shared CPU core):
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-import torch
-
-from mlsafe import presets, transfer
-from mlsafe.evaluate.kl import first_token_kl_per_prompt
-from mlsafe.evaluate.margin import mean_by_lang
-from mlsafe.models import load_model
-from mlsafe.results import write_json
+from mlsafe import presets, transfer, trials
 from mlsafe.stack import EditStack, check_layers, fit_sequence
-from mlsafe.suites import make_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,34 +50,23 @@ def main() -> None:
     args = ap.parse_args()
     sequences = parse_sequences(args.sequences)
     t0 = time.perf_counter()
-    torch.manual_seed(args.seed)
-    lm = load_model(args.model, "cpu", seed=args.seed)
-    suite = make_suite(lm, args.data, args.seed, "cpu")
-    from mlsafe.pipeline import margin_fn
-
-    margin = margin_fn(suite, lm.tokenizer)
+    search = trials.load_search(args.model, args.data, args.seed, args.lang.split(","))
+    lm, margin, anchors = search.lm, search.margin, search.anchors
     recipe = presets.resolve(args.preset, lm.model)
     cfg = transfer.EditConfig(targets=args.lang.split(","), seed=args.seed, **recipe)
-    harmful, harmless = suite.anchors_harmful, suite.anchors_harmless
-    anchors = transfer.split_anchors(harmful, harmless, cfg.val_fraction, cfg.seed)
-    val_harmless = list(anchors.val_harmless)
-    before = transfer.validation_margins(lm.model, anchors, cfg, margin)
-    print(f"validation margins before: target {before[0]:+.3f} harmless {before[1]:+.3f} source {before[2]:+.3f}",
-          flush=True)
+    harmful, harmless = search.suite.anchors_harmful, search.suite.anchors_harmless
+    print(search.before_line(), flush=True)
     out = Path(args.out) if args.out else ROOT / "results" / args.model / "search"
-    trials: list[dict] = []
-
-    def save(complete: bool) -> None:
-        write_json(out / "stack.json", {
-            "model": args.model, "targets": cfg.targets, "preset": args.preset,
-            "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.items()
-                       if k not in ("candidate_layers", "layer_selection")},
-            "rank": cfg.rank, "gamma": cfg.gamma, "lam": cfg.lam, "seed": args.seed,
-            "before": dict(zip(("target", "harmless", "source"), before)),
-            "n_val": {"harmful": len(anchors.val_harmful), "harmless": len(val_harmless)},
-            "command": "OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/stack_search.py "
-                       f"{args.model} --data {args.data} --lang {args.lang} --sequences {' '.join(args.sequences)}",
-            "seconds": time.perf_counter() - t0, "complete": complete, "trials": trials})
+    log = trials.TrialLog(out / "stack.json", {
+        "model": args.model, "targets": cfg.targets, "preset": args.preset,
+        "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.items()
+                   if k not in ("candidate_layers", "layer_selection")},
+        "rank": cfg.rank, "gamma": cfg.gamma, "lam": cfg.lam, "seed": args.seed,
+        "before": search.before_dict(),
+        "n_val": {"harmful": len(anchors.val_harmful), "harmless": len(anchors.val_harmless)},
+        "command": "OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/stack_search.py "
+                   f"{args.model} --data {args.data} --lang {args.lang} --sequences {' '.join(args.sequences)}"},
+        t0=t0)
 
     fitted: dict[tuple[int, ...], tuple] = {}   # prefix -> (EditStack, fit seconds per step)
     for seq in sequences:
@@ -103,23 +84,13 @@ def main() -> None:
         stack = fitted[seq][0]
         if args.save_stacks:
             stack.save(Path(args.save_stacks) / f"stack-{'-'.join(map(str, seq))}.safetensors")
-        t = time.perf_counter()
-        with stack.applied(lm.model):
-            after = transfer.validation_margins(lm.model, anchors, cfg, margin)
-        kl = first_token_kl_per_prompt(lm.model, lm.tokenizer, val_harmless, stack)
-        row = {"layers": list(seq), **transfer.score_gains(before, after),
-               "after": dict(zip(("target", "harmless", "source"), after)),
-               "first_token_kl_mean": float(kl.mean()), "first_token_kl": mean_by_lang(val_harmless, kl),
-               "n_neurons": stack.n_neurons, "n_neurons_per_step": [int(e.neurons.numel()) for e in stack.edits],
-               "fraction_of_parameters": stack.fraction_of_parameters(lm.model),
-               "fit_seconds_per_step": fitted[seq][1], "fit_seconds": sum(fitted[seq][1]),
-               "score_seconds": time.perf_counter() - t}
-        trials.append(row)
-        save(complete=False)    # every trial lands on disk: a stopped run keeps what it measured
-        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
-                          if k != "first_token_kl"}), flush=True)
-    save(complete=True)
-    print(f"wrote {out / 'stack.json'} ({time.perf_counter() - t0:.0f} s)")
+        row = trials.search_trial(search, list(stack.edits), layers=list(seq))
+        row["n_neurons_per_step"] = [int(e.neurons.numel()) for e in stack.edits]
+        row["fit_seconds_per_step"], row["fit_seconds"] = fitted[seq][1], sum(fitted[seq][1])
+        row["score_seconds"] = row.pop("seconds")
+        log.add(row)    # every trial lands on disk: a stopped run keeps what it measured
+    log.finish()
+    print(f"wrote {log.path} ({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
