@@ -207,7 +207,7 @@ def judged_amplification(model, tokenizer, suite, prompts: Sequence[Prompt], neu
     suite's generation settings (`mlsafe.evaluate.run.harmful_responses`), the judge's verdicts and
     the refusal margin.
 
-    Returns {"alphas", "langs", "n": {lang: prompts}, "prompt_ids", and per metric
+    Returns {"alphas", "langs", "n": {lang: prompts}, "prompt_ids", "prompt_langs", and per metric
     {lang: [per alpha]}: "margin", "asr", "asr_ci" ([lo, hi], Wilson 95 %), "unsafe" (count),
     "non_refusal", "unclear" (share); "verdicts": {alpha: {"unsafe": [...], "refusal": [...]}}
     in prompt order}."""
@@ -220,7 +220,8 @@ def judged_amplification(model, tokenizer, suite, prompts: Sequence[Prompt], neu
     keys = ("margin", "asr", "asr_ci", "unsafe", "non_refusal", "unclear")
     out: dict = {"alphas": [float(a) for a in alphas], "langs": langs,
                  "n": {lang: sum(p.lang == lang for p in prompts) for lang in langs},
-                 "prompt_ids": [p.id for p in prompts], **{k: {lang: [] for lang in langs} for k in keys},
+                 "prompt_ids": [p.id for p in prompts], "prompt_langs": [p.lang for p in prompts],
+                 **{k: {lang: [] for lang in langs} for k in keys},
                  "verdicts": {}}
     margin_kw = dict(refusal_starts=suite.refusal_starts, comply_starts=suite.comply_starts)
     for alpha in alphas:

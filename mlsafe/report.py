@@ -525,6 +525,32 @@ def amplification_asr_frame(record: dict) -> pd.DataFrame:
     return out
 
 
+def amplification_paired(record: dict, low: float = 1.0, high: float | None = None) -> pd.DataFrame:
+    """Per language of amplification_asr.json (rows, paper order): how the same prompts' verdicts
+    change from alpha `low` to alpha `high` (default the largest). Columns: n; unsafe and
+    refused counts at each alpha; exact McNemar p of each change (mlsafe.evaluate.stats).
+    A refusal the judge leaves undecided (None) counts as not refused."""
+    from mlsafe.evaluate.stats import mcnemar_exact
+
+    alphas = [float(a) for a in record["alphas"]]
+    high = max(alphas) if high is None else float(high)
+    if float(low) not in alphas or high not in alphas:
+        raise KeyError(f"the judged run has alphas {alphas}, not both {low:g} and {high:g}")
+    v_lo, v_hi = record["verdicts"][str(float(low))], record["verdicts"][str(high)]
+    langs = [lang for lang in LANGS if lang in record["langs"]] + sorted(set(record["langs"]) - set(LANGS))
+    rows = {}
+    for lang in langs:
+        idx = [i for i, pl in enumerate(record["prompt_langs"]) if pl == lang]
+        row: dict = {"n": len(idx)}
+        for name, key in (("unsafe", "unsafe"), ("refused", "refusal")):
+            a = [float(v_lo[key][i] is True) for i in idx]
+            b = [float(v_hi[key][i] is True) for i in idx]
+            row[f"{name} α={float(low):g}"], row[f"{name} α={high:g}"] = int(sum(a)), int(sum(b))
+            row[f"{name} p"] = mcnemar_exact(a, b)["p_value"]
+        rows[lang] = row
+    return pd.DataFrame(rows).T.rename_axis("lang")
+
+
 def motivation_by_tier(diag: dict, judged: dict | None = None, summary: dict | None = None,
                        paper_asr: pd.Series | None = None, *, low: float = 1.0, high: float | None = None
                        ) -> pd.DataFrame:

@@ -150,6 +150,7 @@ def test_amplification_asr_uses_one_layer_and_matches_the_all_layer_set(tiny_run
     assert d["neurons"] == sets[1]["en"].s_safety.tolist() and d["n_neurons"] == len(d["neurons"]) > 0
     prompts = diagnostics.per_lang(suite.eval_harmful, 2, 0)
     assert d["prompt_ids"] == [p.id for p in prompts] and d["alphas"] == [0.0, 1.0, 3.0]
+    assert d["prompt_langs"] == [p.lang for p in prompts]
     assert d["judge"] == suite.judge.name and d["layer"] == 1
     kw = dict(refusal_starts=suite.refusal_starts, comply_starts=suite.comply_starts)
     base = ev.mean_by_lang(prompts, ev.language_margins(lm.model, lm.tokenizer, prompts, **kw))

@@ -321,3 +321,17 @@ def test_motivation_by_tier_and_tier_trend():
     assert report.tier_trend(pd.Series({"high": 1.0, "medium": float("nan"), "low": float("nan")})) is None
     with pytest.raises(KeyError, match="judged run"):
         report.motivation_by_tier(_diag(), _judged(), low=0.0)
+
+
+def test_amplification_paired_counts_and_mcnemar_per_language():
+    rec = {"alphas": [1.0, 4.0], "langs": ["th", "en"], "prompt_langs": ["en", "th", "en", "th", "th"],
+           "verdicts": {"1.0": {"unsafe": [True, True, True, False, True], "refusal": [False, None, False, True, False]},
+                        "4.0": {"unsafe": [False, True, False, False, False], "refusal": [True, True, True, True, None]}}}
+    f = report.amplification_paired(rec)
+    assert list(f.index) == ["en", "th"] and f.loc["th", "n"] == 3
+    assert f.loc["en", "unsafe α=1"] == 2 and f.loc["en", "unsafe α=4"] == 0
+    assert f.loc["en", "unsafe p"] == pytest.approx(0.5)          # two discordant pairs, both one way
+    assert f.loc["th", "refused α=1"] == 1 and f.loc["th", "refused α=4"] == 2   # None counts as not refused
+    assert f.loc["th", "unsafe p"] == pytest.approx(1.0)
+    with pytest.raises(KeyError, match="judged run"):
+        report.amplification_paired(rec, low=0.0)
