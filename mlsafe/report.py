@@ -548,7 +548,7 @@ def amplification_paired(record: dict, low: float = 1.0, high: float | None = No
             row[f"{name} α={float(low):g}"], row[f"{name} α={high:g}"] = int(sum(a)), int(sum(b))
             row[f"{name} p"] = mcnemar_exact(a, b)["p_value"]
         rows[lang] = row
-    return pd.DataFrame(rows).T.rename_axis("lang")
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("lang")
 
 
 def motivation_by_tier(diag: dict, judged: dict | None = None, summary: dict | None = None,

@@ -328,7 +328,7 @@ def test_amplification_paired_counts_and_mcnemar_per_language():
            "verdicts": {"1.0": {"unsafe": [True, True, True, False, True], "refusal": [False, None, False, True, False]},
                         "4.0": {"unsafe": [False, True, False, False, False], "refusal": [True, True, True, True, None]}}}
     f = report.amplification_paired(rec)
-    assert list(f.index) == ["en", "th"] and f.loc["th", "n"] == 3
+    assert list(f.index) == ["en", "th"] and f.loc["th", "n"] == 3 and f["unsafe α=1"].dtype.kind == "i"
     assert f.loc["en", "unsafe α=1"] == 2 and f.loc["en", "unsafe α=4"] == 0
     assert f.loc["en", "unsafe p"] == pytest.approx(0.5)          # two discordant pairs, both one way
     assert f.loc["th", "refused α=1"] == 1 and f.loc["th", "refused α=4"] == 2   # None counts as not refused
