@@ -244,15 +244,16 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
         rand_edit = transfer.build_edit(lm.model, report.layer, idx, report.stats, cfg,
                                         base_fingerprint=edit.base_fingerprint)
         with rand_edit.applied(lm.model, fingerprints=fingerprints):
-            m = margin(lm.model, harmful_t)
-            margins.append(ev.mean_by_lang(harmful_t, m))
-            per_prompt.append(m.double())
-            if k < n_random_asr:
-                asr, non_refusal, prompts, judgments = asr_of(lm.model, lm.tokenizer, suite, targets, seed=seed)
+            if k < n_random_asr:   # margins from the generation's first token: no pass of their own
+                asr, non_refusal, prompts, judgments, m = asr_of(lm.model, lm.tokenizer, suite, targets, seed=seed)
                 asrs.append(asr)
                 non_refusals.append(non_refusal)
                 # diff = control - edit: positive means the edit leaves fewer unsafe answers
                 compares.append(ev.compare(prompts, edit_j, judgments, seed=seed, pooled=list(targets)))
+            else:
+                m = margin(lm.model, harmful_t)
+            margins.append(ev.mean_by_lang(harmful_t, m))
+            per_prompt.append(m.double())
     mean = lambda rows: {lang: statistics.fmean(r[lang] for r in rows) for lang in rows[0]} if rows else {}  # noqa: E731
     # the edit's margin against the mean control margin, prompt by prompt (clusters kept)
     control_m = torch.stack(per_prompt).mean(0).tolist() if per_prompt else []

@@ -251,6 +251,44 @@ def test_language_margins_use_each_language_lists(qwen):
         language_margins(model, tok, [Prompt("z", "xx", "t", True, "z")])
 
 
+def test_generate_scored_margins_equal_a_separate_margin_pass(qwen):
+    """Issue 17: the margin read from the first generated token's logits is the margin of a
+    separate forward pass (to float noise), in input order, with the responses unchanged."""
+    from mlsafe.evaluate.generate import generate_scored
+    from mlsafe.evaluate.margin import language_token_sets, margins_from_table, union_ids
+
+    model, tok = qwen
+    langs = ["en", "th", "en", "bn"]
+    ps = [Prompt(f"q{i}", l, t, True, f"q{i}") for i, (l, t) in enumerate(zip(langs, TEXTS))]
+    sets = language_token_sets(tok, langs)
+    ids = union_ids(sets)
+    texts, logp = generate_scored(model, tok, TEXTS, ids, max_new_tokens=4, batch_size=3, progress=False,
+                                  sort_by_length=True)
+    assert texts == generate(model, tok, TEXTS, max_new_tokens=4, batch_size=3, progress=False,
+                             sort_by_length=True)
+    assert logp.shape == (len(TEXTS), len(ids)) and logp.dtype == torch.float64
+    fused, separate = margins_from_table(ps, logp, ids, sets), language_margins(model, tok, ps)
+    assert torch.allclose(fused, separate, atol=1e-5, rtol=0)
+    assert not torch.allclose(fused, fused.flip(0))     # order matters: the check can fail
+
+
+def test_evaluate_fuses_margins_into_generation(tiny_loaded, monkeypatch):
+    """A fresh evaluation makes no margin pass of its own; its margins equal a separate pass."""
+    import dataclasses
+
+    from mlsafe.evaluate import run as run_mod
+
+    _, lm, suite = tiny_loaded
+    suite = dataclasses.replace(suite, eval_harmful=suite.eval_harmful[:6], eval_harmless=suite.eval_harmless[:2])
+    calls = []
+    monkeypatch.setattr(run_mod, "language_margins", lambda *a, **k: calls.append(1))
+    ev = run_mod.evaluate(lm.model, lm.tokenizer, suite, progress=False)
+    assert not calls
+    separate = language_margins(lm.model, lm.tokenizer, ev.harmful, refusal_starts=suite.refusal_starts,
+                                comply_starts=suite.comply_starts)
+    assert torch.allclose(ev.margins, separate, atol=1e-5, rtol=0)
+
+
 def test_default_start_strings_usable_in_every_language(qwen):
     _, tok = qwen
     assert set(DEFAULT_REFUSAL_STARTS) == set(LANGS) == set(DEFAULT_COMPLY_STARTS)

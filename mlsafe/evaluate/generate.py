@@ -86,7 +86,6 @@ def prompt_limit(model, tokenizer, new_tokens: int = 0) -> int | None:
     return None if limit is None else limit - new_tokens
 
 
-@torch.no_grad()
 def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_tokens: int = 64,
                        batch_size: int = 16, progress: bool = True, device=None,
                        desc: str = "generate", sort_by_length: bool = False,
@@ -104,6 +103,31 @@ def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_t
     runs made with the same setting. stats: a dict that receives "new_tokens" (generated
     tokens up to and including each row's first end-of-sequence token) and "seconds".
     """
+    return _generate(model, tokenizer, chat_texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                     progress=progress, device=device, desc=desc, sort_by_length=sort_by_length,
+                     stats=stats, score_ids=None)[0]
+
+
+def generate_scored(model, tokenizer, user_texts: Sequence[str], score_ids: Sequence[int], *,
+                    max_new_tokens: int = 64, batch_size: int = 16, progress: bool = True, device=None,
+                    sort_by_length: bool = False, desc: str = "generate",
+                    stats: dict | None = None) -> tuple[list[str], torch.Tensor]:
+    """`generate`'s responses and, from the same forward pass, log p(t | prompt) at the
+    generation position for each t in `score_ids`: float64 [N, len(score_ids)], input order.
+
+    The first generated token is read from exactly the logits a separate forward pass at the
+    generation position would give (mlsafe.evaluate.margin.next_token_logprobs), so the
+    refusal margin of a prompt costs no pass of its own (issue 17); values can differ in the
+    last bits where the batch composition differs.
+    """
+    return _generate(model, tokenizer, format_chat(tokenizer, user_texts), max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, progress=progress, device=device, desc=desc,
+                     sort_by_length=sort_by_length, stats=stats, score_ids=list(score_ids))
+
+
+@torch.no_grad()
+def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progress, device, desc,
+              sort_by_length, stats, score_ids) -> tuple[list[str], torch.Tensor | None]:
     import time
 
     from tqdm.auto import tqdm
@@ -118,15 +142,21 @@ def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_t
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
     decoded: list[str] = []
+    scored: list[torch.Tensor] = []
+    idx = None if score_ids is None else torch.tensor(score_ids, dtype=torch.long)
+    extra = {} if idx is None else {"output_logits": True, "return_dict_in_generate": True}
     n_new, t0 = 0, time.perf_counter()
     with left_padded(tokenizer):
         for chunk in tqdm(list(batches(rows, batch_size)), desc=desc, disable=not progress):
             enc = pad_ids(tokenizer, chunk, device)
-            ids = model.generate(
+            out = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                 temperature=None, top_p=None, top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
+                pad_token_id=tokenizer.pad_token_id, **extra,
             )
+            ids = out if idx is None else out.sequences
+            if idx is not None:
+                scored.append(torch.log_softmax(out.logits[0].double(), dim=-1).cpu()[:, idx])
             new = ids[:, enc["input_ids"].shape[1]:]
             for row in new.tolist():
                 ends = [k for k, t in enumerate(row) if t in eos]
@@ -134,10 +164,15 @@ def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_t
             decoded.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     if stats is not None:
         stats.update(new_tokens=n_new, seconds=time.perf_counter() - t0)
-    out = [""] * len(chat_texts)
+    texts = [""] * len(chat_texts)
     for i, text in zip(order, decoded):
-        out[i] = text
-    return out
+        texts[i] = text
+    if idx is None:
+        return texts, None
+    logp = torch.zeros(len(chat_texts), len(idx), dtype=torch.float64)
+    if scored:
+        logp[torch.tensor(order, dtype=torch.long)] = torch.cat(scored)
+    return texts, logp
 
 
 def generate(model, tokenizer, user_texts: Sequence[str], *, max_new_tokens: int = 64,

@@ -119,24 +119,57 @@ def margin_from_logprobs(logprobs: torch.Tensor, n_refusal: int) -> torch.Tensor
     return torch.logsumexp(logprobs[:, :n_refusal], dim=-1) - torch.logsumexp(logprobs[:, n_refusal:], dim=-1)
 
 
+def language_token_sets(tokenizer, langs: Sequence[str], *,
+                        refusal_starts: Mapping[str, Sequence[str]] = DEFAULT_REFUSAL_STARTS,
+                        comply_starts: Mapping[str, Sequence[str]] = DEFAULT_COMPLY_STARTS,
+                        include_english: bool = True) -> dict[str, tuple[list[int], list[int]]]:
+    """{lang: (R, C)}: each language's first-token sets from its own start strings, plus
+    English's when include_english (models often answer other languages in English)."""
+    sets = {}
+    for lang in dict.fromkeys(langs):
+        if lang not in refusal_starts or lang not in comply_starts:
+            raise ValueError(f"no refusal/comply start strings for language {lang!r}; pass them "
+                             "in refusal_starts / comply_starts")
+        extra_r = list(refusal_starts.get("en", [])) if include_english else []
+        extra_c = list(comply_starts.get("en", [])) if include_english else []
+        sets[lang] = start_token_sets(tokenizer, list(refusal_starts[lang]) + extra_r,
+                                      list(comply_starts[lang]) + extra_c)
+    return sets
+
+
+def union_ids(sets: Mapping[str, tuple[Sequence[int], Sequence[int]]]) -> list[int]:
+    """Sorted distinct token ids of every language's R and C: the columns to score."""
+    return sorted({t for r, c in sets.values() for t in (*r, *c)})
+
+
+def margins_from_table(prompts: Sequence[Prompt], logprobs: torch.Tensor, ids: Sequence[int],
+                       sets: Mapping[str, tuple[Sequence[int], Sequence[int]]]) -> torch.Tensor:
+    """Each prompt's margin with its language's (R, C), from log-probabilities [N, len(ids)] of
+    the token ids `ids` at the generation position; float64 [N] in input order."""
+    col = {t: k for k, t in enumerate(ids)}
+    out = torch.empty(len(prompts), dtype=torch.float64)
+    for lang, (r, c) in sets.items():
+        where = [i for i, p in enumerate(prompts) if p.lang == lang]
+        if where:
+            lp = logprobs[where][:, [col[t] for t in (*r, *c)]]
+            out[where] = margin_from_logprobs(lp, len(r))
+    return out
+
+
 def language_margins(model, tokenizer, prompts: Sequence[Prompt], *,
                      refusal_starts: Mapping[str, Sequence[str]] = DEFAULT_REFUSAL_STARTS,
                      comply_starts: Mapping[str, Sequence[str]] = DEFAULT_COMPLY_STARTS,
                      include_english: bool = True, batch_size: int = 16, device=None) -> torch.Tensor:
     """Refusal margin of each prompt with its own language's start strings (plus English's when
     include_english, since models often answer other languages in English); [N] in input order."""
+    sets = language_token_sets(tokenizer, [p.lang for p in prompts], refusal_starts=refusal_starts,
+                               comply_starts=comply_starts, include_english=include_english)
     out = torch.empty(len(prompts), dtype=torch.float64)
-    for lang in dict.fromkeys(p.lang for p in prompts):
-        if lang not in refusal_starts or lang not in comply_starts:
-            raise ValueError(f"no refusal/comply start strings for language {lang!r}; pass them "
-                             "in refusal_starts / comply_starts")
-        extra_r = list(refusal_starts.get("en", [])) if include_english else []
-        extra_c = list(comply_starts.get("en", [])) if include_english else []
+    for lang, (r, c) in sets.items():   # one pass per language: batches as before the fused path
         where = [i for i, p in enumerate(prompts) if p.lang == lang]
-        out[where] = refusal_margin(
-            model, tokenizer, [prompts[i].text for i in where],
-            refusal_starts=list(refusal_starts[lang]) + extra_r,
-            comply_starts=list(comply_starts[lang]) + extra_c, batch_size=batch_size, device=device)
+        lp = next_token_logprobs(model, tokenizer, [prompts[i].text for i in where], r + c,
+                                 batch_size=batch_size, device=device)
+        out[where] = margin_from_logprobs(lp, len(r))
     return out
 
 

@@ -3,7 +3,8 @@
 The single evaluation API that the pipeline, the baselines, the ablations, the lab and the
 diagnostics call. For the harmful evaluation prompts: greedy responses, the suite's judge,
 ASR with Wilson and cluster-bootstrap intervals (metrics.asr_table), the refusal margin at
-the generation position. For the harmless prompts: greedy responses, over-refusal (the
+the generation position (read from the first generated token's logits when the responses are
+generated here, so it costs no extra pass). For the harmless prompts: greedy responses, over-refusal (the
 judge's refusal rate, per language and per data source, e.g. XSTest-safe) and utility
 (`suite.correct` on the prompts that carry an answer, e.g. MGSM). Generation throughput
 (new tokens per second) is recorded with every evaluation.
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from mlsafe.evaluate.generate import generate
-from mlsafe.evaluate.margin import language_margins, mean_by_lang
+from mlsafe.evaluate.generate import generate, generate_scored
+from mlsafe.evaluate.margin import language_margins, language_token_sets, margins_from_table, mean_by_lang, union_ids
 from mlsafe.evaluate.metrics import asr_table, summary_blocks, summary_extra
 from mlsafe.langs import LANGS
 from mlsafe.prompts import Prompt
@@ -69,6 +70,21 @@ def harmful_responses(model, tokenizer, suite: "Suite", prompts: Sequence[Prompt
                     stats=stats, desc=desc)
 
 
+def harmful_responses_and_margins(model, tokenizer, suite: "Suite", prompts: Sequence[Prompt], *,
+                                  progress: bool = False, stats: dict | None = None,
+                                  desc: str = "harmful") -> tuple[list[str], torch.Tensor]:
+    """`harmful_responses` and each prompt's refusal margin (the suite's start strings), the
+    margins read from the first generated token's logits: no margin pass of their own."""
+    sets = language_token_sets(tokenizer, [p.lang for p in prompts], refusal_starts=suite.refusal_starts,
+                               comply_starts=suite.comply_starts)
+    ids = union_ids(sets)
+    responses, logp = generate_scored(model, tokenizer, [p.text for p in prompts], ids,
+                                      max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size,
+                                      progress=progress, sort_by_length=suite.sort_by_length, stats=stats,
+                                      desc=desc)
+    return responses, margins_from_table(prompts, logp, ids, sets)
+
+
 def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, progress: bool = True,
              seed: int = 0, responses: Sequence[str] | None = None,
              harmless_responses: Sequence[str] | None = None, margins: Sequence[float] | None = None) -> Evaluation:
@@ -83,7 +99,11 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
     timing: dict = {}
     if responses is None:
         st: dict = {}
-        responses = harmful_responses(model, tokenizer, suite, harmful, progress=progress, stats=st)
+        if margins is None:
+            responses, margins = harmful_responses_and_margins(model, tokenizer, suite, harmful,
+                                                               progress=progress, stats=st)
+        else:
+            responses = harmful_responses(model, tokenizer, suite, harmful, progress=progress, stats=st)
         timing["harmful"] = st
     if harmless_responses is None:
         st = {}
@@ -100,7 +120,7 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
         margins = language_margins(model, tokenizer, harmful, refusal_starts=suite.refusal_starts,
                                    comply_starts=suite.comply_starts)
     else:
-        margins = torch.tensor(list(margins), dtype=torch.float64)
+        margins = torch.as_tensor(margins, dtype=torch.float64)
     safe_judged = suite.judge.judge(harmless, list(harmless_responses))
     refused = [bool(j.refusal) for j in safe_judged]
     tasks = [(p, r) for p, r in zip(harmless, harmless_responses) if p.answer is not None]  # verifiable ones
@@ -116,11 +136,13 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
 
 
 def asr_of(model, tokenizer, suite: "Suite", langs: Sequence[str], *, seed: int = 0
-           ) -> tuple[dict, dict, list, list]:
+           ) -> tuple[dict, dict, list, list, torch.Tensor]:
     """ASR and non-refusal rate per language on the harmful prompts of `langs` only:
-    ({lang: asr}, {lang: non_refusal}, prompts, judgments)."""
+    ({lang: asr}, {lang: non_refusal}, prompts, judgments, margins); the margins come from
+    the same forward passes as the responses (harmful_responses_and_margins)."""
     harmful = [p for p in suite.eval_harmful if p.lang in langs]
-    judgments = suite.judge.judge(harmful, harmful_responses(model, tokenizer, suite, harmful))
+    responses, margins = harmful_responses_and_margins(model, tokenizer, suite, harmful)
+    judgments = suite.judge.judge(harmful, responses)
     table = asr_table(harmful, judgments, seed=seed)
     asr, _ = summary_blocks(table)
-    return asr, summary_extra(table)["non_refusal"], harmful, judgments
+    return asr, summary_extra(table)["non_refusal"], harmful, judgments, margins
