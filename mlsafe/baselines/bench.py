@@ -18,14 +18,16 @@ from collections.abc import Sequence
 
 from mlsafe import pipeline, presets, transfer
 from mlsafe.baselines import cost, finetune
-from mlsafe.baselines.run import edit_flops, lang_metrics
+from mlsafe.baselines.run import edit_flops
+from mlsafe.evaluate.run import asr_of
 from mlsafe.langs import parse_targets
 
 SCHEDULE = (5, 10, 20, 40, 80, 160, 320, 640)
 
 
 def _target_asr(lm, suite, targets) -> float:
-    return statistics.fmean(v["asr"] for v in lang_metrics(lm, suite, targets).values())
+    """Mean ASR over the targets' harmful prompts (responses only: no harmless generation)."""
+    return statistics.fmean(asr_of(lm.model, lm.tokenizer, suite, targets)[0].values())
 
 
 def bench_cost(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed: int = 0, *,
