@@ -156,16 +156,25 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
     base = response_cache_key(lm, suite, fps)
     before = cached_evaluation(lm, suite, base, None, seed=seed, progress=progress)
     eval_s = time.perf_counter() - t0
-    # 3. evaluate with the edit applied
+    # 3. evaluate with the edit applied (keeping the harmless prompts' first-token logits for 5.)
     with edit.applied(lm.model, fingerprints=fps):
-        after = cached_evaluation(lm, suite, base, edit, seed=seed, progress=progress)
+        after = cached_evaluation(lm, suite, base, edit, seed=seed, progress=progress, keep_harmless_logits=True)
     # 4. the random-neuron control: same size, disjoint from S, same solver and statistics
     t0 = time.perf_counter()
     control = random_control(lm, suite, edit, report, cfg, targets, after, seed=seed, n_random=n_random,
                              n_random_asr=n_random_asr, fingerprints=fps)
     control_s = time.perf_counter() - t0
-    # 5. first-token KL from the unedited model on harmless prompts
-    kl = ev.first_token_kl(lm.model, lm.tokenizer, before.harmless, edit) if before.harmless else {}
+    # 5. first-token KL from the unedited model on harmless prompts; the edited side comes from
+    #    step 3's generation when it ran here (one pass instead of two)
+    edited_logits, after.harmless_first_logits = after.harmless_first_logits, None
+    if not before.harmless:
+        kl = {}
+    elif edited_logits is not None:
+        kl = ev.mean_by_lang(before.harmless, ev.first_token_kl_given(lm.model, lm.tokenizer, before.harmless,
+                                                                      edited_logits))
+    else:
+        kl = ev.first_token_kl(lm.model, lm.tokenizer, before.harmless, edit)
+    del edited_logits
 
     sets = report.neuron_sets[report.layer]
     edit_block = {
@@ -289,15 +298,16 @@ def response_cache_key(lm: LoadedModel, suite: Suite, fingerprints: Fingerprints
 
 
 def cached_evaluation(lm: LoadedModel, suite: Suite, base: dict | None, edit, *, seed: int,
-                      progress: bool) -> Evaluation:
+                      progress: bool, keep_harmless_logits: bool = False) -> Evaluation:
     """`evaluate`, with the generated responses kept in the cache for suites that ask for it
     (suite.cache_responses: the real models, where generation dominates). The key is
     `base` (response_cache_key of the unedited model) plus the edit's sha256 (or none);
     cached responses are judged again, so a new judge never reuses old verdicts. The cache
     also keeps the full text that committed files cut to 80 characters, and the refusal
-    margins of the harmful prompts (a forward pass per prompt: minutes on a real model)."""
+    margins of the harmful prompts (a forward pass per prompt: minutes on a real model).
+    keep_harmless_logits: as in `evaluate`, for responses generated here (none from the cache)."""
     if base is None:
-        return evaluate(lm, suite, progress=progress, seed=seed)
+        return evaluate(lm, suite, progress=progress, seed=seed, keep_harmless_logits=keep_harmless_logits)
     import hashlib
     import json
 
@@ -318,7 +328,7 @@ def cached_evaluation(lm: LoadedModel, suite: Suite, base: dict | None, edit, *,
         if kept is None:  # a cache file without these margins: add them
             write_json(path, {**got, "margins": res.margins.tolist(), "margin_starts": starts})
         return res
-    res = evaluate(lm, suite, progress=progress, seed=seed)
+    res = evaluate(lm, suite, progress=progress, seed=seed, keep_harmless_logits=keep_harmless_logits)
     write_json(path, {"key": {k: v for k, v in key_src.items() if k not in ("harmful", "harmless")},
                       "responses": res.responses, "harmless_responses": res.harmless_responses,
                       "margins": res.margins.tolist(), "margin_starts": starts, "timing": res.timing})

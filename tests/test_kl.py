@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from mlsafe import arch, tiny
@@ -68,3 +69,26 @@ def test_groups_of_batches_give_the_per_batch_values(monkeypatch):
     monkeypatch.setattr(kl_mod, "GROUP_BATCHES", 1)
     assert torch.equal(first_token_kl_per_prompt(model, tok, PROMPTS, edit, batch_size=1), whole)
     assert bool((whole > 0).all())
+
+
+def test_edited_logits_from_generation_give_the_same_kl():
+    """Issue 17: the edited side read from the edited model's harmless generation (first-token
+    logits, generate_with_first_logits) gives the two-pass KL to float noise, in input order."""
+    from mlsafe.evaluate.generate import generate, generate_with_first_logits
+    from mlsafe.evaluate.kl import first_token_kl_given
+
+    model, tok = qwen()
+    edit = edit_of(model, 3.0)
+    two_pass = first_token_kl_per_prompt(model, tok, PROMPTS, edit, batch_size=2)
+    texts = [p.text for p in PROMPTS]
+    with edit.applied(model):
+        responses, logits = generate_with_first_logits(model, tok, texts, max_new_tokens=3, batch_size=3,
+                                                       progress=False, sort_by_length=True)
+        assert responses == generate(model, tok, texts, max_new_tokens=3, batch_size=3, progress=False,
+                                     sort_by_length=True)
+    assert logits.shape == (len(PROMPTS), model.config.vocab_size) and logits.dtype == torch.float32
+    given = first_token_kl_given(model, tok, PROMPTS, logits, batch_size=2)
+    assert bool((two_pass > 1e-6).all()) and torch.allclose(given, two_pass, rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(given, given.flip(0), rtol=1e-4)
+    with pytest.raises(ValueError, match="rows of edited logits"):
+        first_token_kl_given(model, tok, PROMPTS[:2], logits)

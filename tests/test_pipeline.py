@@ -52,6 +52,12 @@ def test_reproduce_writes_the_common_schema(tiny_dir, tmp_path, monkeypatch):
     lm = models.load_model(str(tiny_dir))
     with edit.applied(lm.model):
         pass
+    # the KL read from the edited harmless generation equals the two-pass KL (issue 17)
+    from mlsafe.evaluate import first_token_kl
+    from mlsafe.suites import make_suite
+    suite = make_suite(lm, "auto", 0, "cpu")
+    two_pass = first_token_kl(lm.model, lm.tokenizer, list(suite.eval_harmless), edit)
+    assert s["kl"]["after"] == pytest.approx(two_pass, rel=1e-4, abs=1e-9) and max(two_pass.values()) > 0
     other = tiny.build_model("qwen2", lm.tokenizer, seed=1)
     with pytest.raises(ValueError, match="fingerprint"):
         edit.apply(other)

@@ -6,7 +6,7 @@ from mlsafe.evaluate.judges import (
     DEFAULT_REAL_JUDGE, REFUSAL_PHRASES, GuardJudge, GuardParseError, Judge, Judgment, LlamaGuardJudge,
     RefusalPhraseJudge, RuleClfJudge, RuleJudge, make_judge, normalise_text, parse_llamaguard, parse_qwen3guard,
 )
-from mlsafe.evaluate.kl import first_token_kl, first_token_kl_per_prompt
+from mlsafe.evaluate.kl import first_token_kl, first_token_kl_given, first_token_kl_per_prompt
 from mlsafe.evaluate.margin import (
     DEFAULT_COMPLY_STARTS, DEFAULT_REFUSAL_STARTS, language_margins, mean_by_lang,
     next_token_logprobs, refusal_margin,
@@ -25,7 +25,7 @@ __all__ = [
     "format_chat", "generate", "generate_from_chat",
     "REFUSAL_PHRASES", "GuardJudge", "GuardParseError", "Judge", "Judgment", "LlamaGuardJudge",
     "RefusalPhraseJudge", "make_judge", "DEFAULT_REAL_JUDGE", "RuleJudge", "RuleClfJudge",
-    "first_token_kl", "first_token_kl_per_prompt", "normalise_text", "parse_llamaguard", "parse_qwen3guard",
+    "first_token_kl", "first_token_kl_given", "first_token_kl_per_prompt", "normalise_text", "parse_llamaguard", "parse_qwen3guard",
     "DEFAULT_COMPLY_STARTS", "DEFAULT_REFUSAL_STARTS", "language_margins", "mean_by_lang",
     "next_token_logprobs", "refusal_margin",
     "N_BOOT", "UNCLEAR_LABELS", "Z95", "asr_table", "compare", "summary_blocks", "summary_extra", "wilson",

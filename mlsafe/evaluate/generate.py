@@ -105,7 +105,7 @@ def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_t
     """
     return _generate(model, tokenizer, chat_texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                      progress=progress, device=device, desc=desc, sort_by_length=sort_by_length,
-                     stats=stats, score_ids=None)[0]
+                     stats=stats, first=None)[0]
 
 
 def generate_scored(model, tokenizer, user_texts: Sequence[str], score_ids: Sequence[int], *,
@@ -120,14 +120,30 @@ def generate_scored(model, tokenizer, user_texts: Sequence[str], score_ids: Sequ
     refusal margin of a prompt costs no pass of its own (issue 17); values can differ in the
     last bits where the batch composition differs.
     """
+    idx = torch.tensor(list(score_ids), dtype=torch.long)
     return _generate(model, tokenizer, format_chat(tokenizer, user_texts), max_new_tokens=max_new_tokens,
                      batch_size=batch_size, progress=progress, device=device, desc=desc,
-                     sort_by_length=sort_by_length, stats=stats, score_ids=list(score_ids))
+                     sort_by_length=sort_by_length, stats=stats,
+                     first=lambda logits: torch.log_softmax(logits.double(), dim=-1).cpu()[:, idx])
+
+
+def generate_with_first_logits(model, tokenizer, user_texts: Sequence[str], *, max_new_tokens: int = 64,
+                               batch_size: int = 16, progress: bool = True, device=None,
+                               sort_by_length: bool = False, desc: str = "generate",
+                               stats: dict | None = None) -> tuple[list[str], torch.Tensor]:
+    """`generate`'s responses and the raw logits at the generation position (the first
+    generated token's), float32 [N, vocab] on the CPU, input order: the edited side of the
+    first-token KL without a pass of its own (mlsafe.evaluate.kl.first_token_kl_given)."""
+    return _generate(model, tokenizer, format_chat(tokenizer, user_texts), max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, progress=progress, device=device, desc=desc,
+                     sort_by_length=sort_by_length, stats=stats, first=lambda logits: logits.float().cpu())
 
 
 @torch.no_grad()
 def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progress, device, desc,
-              sort_by_length, stats, score_ids) -> tuple[list[str], torch.Tensor | None]:
+              sort_by_length, stats, first) -> tuple[list[str], torch.Tensor | None]:
+    """The greedy loop; `first` (optional) maps each batch's first-step logits [B, vocab] to
+    the rows returned beside the texts, concatenated in input order."""
     import time
 
     from tqdm.auto import tqdm
@@ -143,8 +159,7 @@ def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progr
     eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
     decoded: list[str] = []
     scored: list[torch.Tensor] = []
-    idx = None if score_ids is None else torch.tensor(score_ids, dtype=torch.long)
-    extra = {} if idx is None else {"output_logits": True, "return_dict_in_generate": True}
+    extra = {} if first is None else {"output_logits": True, "return_dict_in_generate": True}
     n_new, t0 = 0, time.perf_counter()
     with left_padded(tokenizer):
         for chunk in tqdm(list(batches(rows, batch_size)), desc=desc, disable=not progress):
@@ -154,9 +169,9 @@ def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progr
                 temperature=None, top_p=None, top_k=None,
                 pad_token_id=tokenizer.pad_token_id, **extra,
             )
-            ids = out if idx is None else out.sequences
-            if idx is not None:
-                scored.append(torch.log_softmax(out.logits[0].double(), dim=-1).cpu()[:, idx])
+            ids = out if first is None else out.sequences
+            if first is not None:
+                scored.append(first(out.logits[0]))
             new = ids[:, enc["input_ids"].shape[1]:]
             for row in new.tolist():
                 ends = [k for k, t in enumerate(row) if t in eos]
@@ -167,12 +182,14 @@ def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progr
     texts = [""] * len(chat_texts)
     for i, text in zip(order, decoded):
         texts[i] = text
-    if idx is None:
+    if first is None:
         return texts, None
-    logp = torch.zeros(len(chat_texts), len(idx), dtype=torch.float64)
-    if scored:
-        logp[torch.tensor(order, dtype=torch.long)] = torch.cat(scored)
-    return texts, logp
+    if not scored:
+        return texts, torch.zeros(0)
+    stacked = torch.cat(scored)
+    rows = torch.empty_like(stacked)
+    rows[torch.tensor(order, dtype=torch.long)] = stacked
+    return texts, rows
 
 
 def generate(model, tokenizer, user_texts: Sequence[str], *, max_new_tokens: int = 64,

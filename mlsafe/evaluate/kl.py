@@ -55,11 +55,37 @@ def first_token_kl_per_prompt(model, tokenizer, prompts: Sequence[Prompt], edit,
             base = [_last_logits(model, enc, extra) for enc in encs]
             with edit.applied(model):
                 edited = [_last_logits(model, enc, extra) for enc in encs]
-            for b, e in zip(base, edited):
-                lb, le = torch.log_softmax(b.double(), dim=-1), torch.log_softmax(e.double(), dim=-1)
-                p = lb.exp()  # terms with p_base(t) = 0 contribute 0 (also where both are -inf)
-                terms = torch.where(p > 0, p * (lb - le), torch.zeros_like(p))
-                out.append(terms.sum(-1).clamp(min=0.0).cpu())  # clamp: rounding only
+            out.extend(_kl_rows(b, e) for b, e in zip(base, edited))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def _kl_rows(base: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(base) || softmax(edited)) per row of two logit tensors [B, vocab], float64 [B]."""
+    lb, le = torch.log_softmax(base.double(), dim=-1), torch.log_softmax(edited.double(), dim=-1)
+    p = lb.exp()  # terms with p_base(t) = 0 contribute 0 (also where both are -inf)
+    terms = torch.where(p > 0, p * (lb - le), torch.zeros_like(p))
+    return terms.sum(-1).clamp(min=0.0).cpu()  # clamp: rounding only
+
+
+@torch.no_grad()
+def first_token_kl_given(model, tokenizer, prompts: Sequence[Prompt], edited_logits: torch.Tensor, *,
+                         batch_size: int = 16, device=None) -> torch.Tensor:
+    """KL(p_base || p_edited) per prompt where the edited logits at the generation position are
+    already known (float32 [N, vocab], e.g. from the edited model's harmless generation:
+    mlsafe.evaluate.generate.generate_with_first_logits); one unedited pass. Equal to
+    first_token_kl_per_prompt up to the last bits of a different batch composition."""
+    if edited_logits.shape[0] != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {edited_logits.shape[0]} rows of edited logits")
+    device = device or model_device(model)
+    extra = _last_logits_only(model)
+    ids = chat.encode_all(tokenizer, format_chat(tokenizer, [p.text for p in prompts]),
+                          max_length=prompt_limit(model, tokenizer))
+    out, start = [], 0
+    with left_padded(tokenizer):
+        for chunk in batches(ids, batch_size):
+            base = _last_logits(model, pad_ids(tokenizer, chunk, device), extra)
+            out.append(_kl_rows(base, edited_logits[start:start + len(chunk)]))
+            start += len(chunk)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 

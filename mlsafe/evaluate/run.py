@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from mlsafe.evaluate.generate import generate, generate_scored
+from mlsafe.evaluate.generate import generate, generate_scored, generate_with_first_logits
 from mlsafe.evaluate.margin import language_margins, language_token_sets, margins_from_table, mean_by_lang, union_ids
 from mlsafe.evaluate.metrics import asr_table, summary_blocks, summary_extra
 from mlsafe.langs import LANGS
@@ -46,6 +46,9 @@ class Evaluation:
     over_refusal: dict[str, float]
     over_refusal_by_source: dict[str, float]
     timing: dict = field(default_factory=dict)
+    #: raw logits at the generation position of each harmless prompt [N, vocab] when asked
+    #: for (evaluate(..., keep_harmless_logits=True)): the edited side of the first-token KL
+    harmless_first_logits: torch.Tensor | None = None
 
     def blocks(self) -> dict:
         """The per-language entries of summary.json of this evaluation."""
@@ -87,12 +90,16 @@ def harmful_responses_and_margins(model, tokenizer, suite: "Suite", prompts: Seq
 
 def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, progress: bool = True,
              seed: int = 0, responses: Sequence[str] | None = None,
-             harmless_responses: Sequence[str] | None = None, margins: Sequence[float] | None = None) -> Evaluation:
+             harmless_responses: Sequence[str] | None = None, margins: Sequence[float] | None = None,
+             keep_harmless_logits: bool = False) -> Evaluation:
     """ASR (judge on greedy responses), refusal margin, utility and over-refusal per language.
 
     `responses` / `harmless_responses`: responses already generated for exactly these prompts
     (e.g. from a cache); they are judged again, so a changed judge never reuses old verdicts.
     `margins`: the refusal margins of the harmful prompts, likewise (float64, one per prompt).
+    keep_harmless_logits: keep the first-token logits of freshly generated harmless responses
+    (Evaluation.harmless_first_logits; float32 [N, vocab], about 0.6 MB per prompt at a 150k
+    vocabulary).
     """
     harmful = [p for p in suite.eval_harmful if p.lang in langs]
     harmless = [p for p in suite.eval_harmless if p.lang in langs]
@@ -105,12 +112,17 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
         else:
             responses = harmful_responses(model, tokenizer, suite, harmful, progress=progress, stats=st)
         timing["harmful"] = st
+    first_logits = None
     if harmless_responses is None:
         st = {}
-        harmless_responses = generate(model, tokenizer, [p.text for p in harmless],
-                                      max_new_tokens=suite.harmless_max_new_tokens or suite.max_new_tokens,
-                                      batch_size=suite.batch_size, progress=progress,
-                                      sort_by_length=suite.sort_by_length, stats=st, desc="harmless")
+        kw = dict(max_new_tokens=suite.harmless_max_new_tokens or suite.max_new_tokens,
+                  batch_size=suite.batch_size, progress=progress, sort_by_length=suite.sort_by_length,
+                  stats=st, desc="harmless")
+        texts = [p.text for p in harmless]
+        if keep_harmless_logits:
+            harmless_responses, first_logits = generate_with_first_logits(model, tokenizer, texts, **kw)
+        else:
+            harmless_responses = generate(model, tokenizer, texts, **kw)
         timing["harmless"] = st
     if len(responses) != len(harmful) or len(harmless_responses) != len(harmless) \
             or (margins is not None and len(margins) != len(harmful)):
@@ -132,7 +144,7 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
     return Evaluation(harmful, harmless, asr_table(harmful, judgments, seed=seed), margins, list(responses),
                       judgments, list(harmless_responses), safe_judged,
                       mean_by_lang([p for p, _ in tasks], correct), mean_by_lang(harmless, refused),
-                      _rate_by([p.source or "unknown" for p in harmless], refused), timing)
+                      _rate_by([p.source or "unknown" for p in harmless], refused), timing, first_logits)
 
 
 def asr_of(model, tokenizer, suite: "Suite", langs: Sequence[str], *, seed: int = 0
