@@ -83,6 +83,25 @@ def test_cache_key_changes_with_the_recipe():
     assert base not in others and len(others) == 6
 
 
+def test_stage1_key_and_corpus_ignore_what_is_drawn_after_stage1():
+    """A stage-2 / anchor / evaluation count changes the organism's key but not stage 1's,
+    and indeed leaves the stage-1 corpus (requests and plain text) unchanged."""
+    from dataclasses import replace
+
+    from mlsafe.organism.recipe import AFTER_STAGE1
+
+    later = replace(SMALL, stage2_harmful_en=20, stage2_benign_en=3, stage2_task_per_lang=0,
+                    stage2_unanswerable_per_lang=5, anchors_per_lang=3, eval_per_lang=2)
+    assert {f for f in AFTER_STAGE1 if getattr(later, f) != getattr(SMALL, f)} == set(AFTER_STAGE1)
+    key = lambda r, v: tr.cache_key(0, r, TINY, FEW, v)  # noqa: E731
+    assert key(later, None) == key(SMALL, None) and key(later, "sparse") != key(SMALL, "sparse")
+    assert key(replace(SMALL, code_switch={"high": 0.1}), None) != key(SMALL, None)
+    assert key(SMALL, None) == tr.cache_key(0, SMALL, TINY, replace(FEW, stage2_steps=9, stage2_lr_sparse=1.0), None)
+    a, b = build_corpus(0, SMALL), build_corpus(0, later)
+    assert [(p.id, p.text, p.response) for p in a.stage1] == [(p.id, p.text, p.response) for p in b.stage1]
+    assert a.plain == b.plain and len(b.stage2) != len(a.stage2) and len(b.eval_harmful) != len(a.eval_harmful)
+
+
 def test_stage1_reserves_and_sparse_stage2_trains_only_the_planted_neurons(tok, small_corpus):
     neurons = tr.planted_neurons(0, TINY)
     rest = [j for j in range(TINY.d_ff) if j not in neurons]

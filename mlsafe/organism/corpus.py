@@ -10,7 +10,8 @@ all languages, keep their stage-1 answers.
 
 Resource tiers (mlsafe.langs.TIERS) shape three things, all in `Recipe`:
 data share, share of translation pairs with English, and code-switching (the chance
-that a content word of a request is written as the English word).
+that a content word of a request is written as the English word); the numbers are
+mlsafe.organism.recipe.Recipe's.
 
 Splits are disjoint by construction: held-out harmful requests use persons and objects
 never seen in any training request or anchor (they occur only in plain sentences) and
@@ -23,36 +24,15 @@ Anchors use training templates and fillers but texts that occur in no training i
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from mlsafe.langs import LANGS, SOURCE, TIERS
 import mlsafe.organism.lexicon as lx
+from mlsafe.organism.recipe import Recipe
 from mlsafe.prompts import Prompt
 
 TIER_SHARE = {"source": 1.0, "high": 0.8, "medium": 0.6, "low": 0.45}
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything (besides the seed) that determines the corpus; hashed into the cache key."""
-
-    stage1_requests: int = 1600          # per language, times TIER_SHARE
-    mix: tuple = (("harmful", 0.25), ("benign", 0.15), ("task", 0.45), ("unanswerable", 0.15))
-    plain_share: float = 0.3             # plain sentences, as a share of a language's requests
-    translation_share: dict = field(default_factory=lambda: {"high": 0.3, "medium": 0.15, "low": 0.03})
-    code_switch: dict = field(default_factory=lambda: {"high": 0.5, "medium": 0.25, "low": 0.05})
-    stage2_harmful_en: int = 500
-    stage2_benign_en: int = 250
-    stage2_task_per_lang: int = 150
-    stage2_unanswerable_per_lang: int = 50
-    anchors_per_lang: int = 64           # parallel groups, harmful and harmless each
-    eval_per_lang: int = 100             # parallel groups, harmful and harmless each
-    eval_task_template_share: float = 0.3
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 @dataclass

@@ -12,7 +12,8 @@ S is exposed in the saved config (`config.mlsafe_planted`) and in `planted_neuro
 
 Cache: `$MLSAFE_CACHE` or ~/.cache/mlsafe, one folder per (variant, seed, key), where
 key hashes the corpus recipe, model config, training hyper-parameters and CODE_VERSION;
-stage 1 is cached too and shared by both variants. Folders are written atomically
+stage 1 is cached too, shared by both variants and by every stage-2 setting (its key reads
+only the stage-1 fields of the recipe and of TrainSpec). Folders are written atomically
 (trained into a temporary folder, then renamed).
 """
 
@@ -34,7 +35,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from mlsafe.organism.corpus import Corpus, Recipe, build_corpus
 from mlsafe.organism.tokenizer import build_tokenizer, chat_ids, response_ids
 
-CODE_VERSION = "organism-2"
+CODE_VERSION = "organism-3"
 VARIANTS = ("sparse", "dense")
 
 
@@ -69,17 +70,22 @@ STAGE2_FIELDS = ("stage2_steps", "stage2_lr_sparse", "stage2_lr_dense")
 
 
 def cache_key(seed: int, recipe: Recipe, mspec: ModelSpec, tspec: TrainSpec, variant: str | None) -> str:
-    """sha256 over everything that determines the trained weights (variant None = stage 1 only)."""
+    """sha256 over everything that determines the trained weights (variant None = stage 1 only:
+    the recipe's stage-1 fields and TrainSpec without STAGE2_FIELDS, so a stage-2 change reuses
+    the cached stage 1)."""
     train = asdict(tspec)
+    recipe_json = recipe.to_json()
     if variant is None:
         train = {k: v for k, v in train.items() if k not in STAGE2_FIELDS}
-    payload = json.dumps({"seed": seed, "recipe": recipe.to_json(), "model": asdict(mspec), "train": train,
+        recipe_json = recipe.stage1_json()
+    payload = json.dumps({"seed": seed, "recipe": recipe_json, "model": asdict(mspec), "train": train,
                           "code": CODE_VERSION, "sources": _source_hash(), "variant": variant}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _source_hash() -> str:
-    """Hash of the files that generate the corpus, so an edited lexicon retrains."""
+    """Hash of the files that generate the corpus, so an edited lexicon retrains (recipe.py's
+    numbers enter through the recipe's JSON instead)."""
     here = Path(__file__).parent
     return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("lexicon.py", "corpus.py", "tokenizer.py"))
                           ).hexdigest()[:16]
