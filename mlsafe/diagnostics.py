@@ -321,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", default="auto")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="folder of amplification_asr.json (default results/<model>/diagnostics)")
+    ap.add_argument("--out", default=None,
+                    help="folder of amplification_asr.json (default results/<model>/diagnostics)")
     args = ap.parse_args(argv)
     try:
         alphas = [float(a) for a in args.alphas.split(",") if a.strip()]

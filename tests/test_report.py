@@ -325,8 +325,10 @@ def test_motivation_by_tier_and_tier_trend():
 
 def test_amplification_paired_counts_and_mcnemar_per_language():
     rec = {"alphas": [1.0, 4.0], "langs": ["th", "en"], "prompt_langs": ["en", "th", "en", "th", "th"],
-           "verdicts": {"1.0": {"unsafe": [True, True, True, False, True], "refusal": [False, None, False, True, False]},
-                        "4.0": {"unsafe": [False, True, False, False, False], "refusal": [True, True, True, True, None]}}}
+           "verdicts": {"1.0": {"unsafe": [True, True, True, False, True],
+                                "refusal": [False, None, False, True, False]},
+                        "4.0": {"unsafe": [False, True, False, False, False],
+                                "refusal": [True, True, True, True, None]}}}
     f = report.amplification_paired(rec)
     assert list(f.index) == ["en", "th"] and f.loc["th", "n"] == 3 and f["unsafe α=1"].dtype.kind == "i"
     assert f.loc["en", "unsafe α=1"] == 2 and f.loc["en", "unsafe α=4"] == 0
