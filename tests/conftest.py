@@ -38,7 +38,8 @@ LAYERS = {
     "test_kl.py": INTEGRATION, "test_lab.py": INTEGRATION, "test_organism.py": INTEGRATION,
     "test_packaged.py": INTEGRATION, "test_pipeline.py": INTEGRATION, "test_probe.py": INTEGRATION,
     "test_real_data.py": INTEGRATION, "test_results.py": INTEGRATION, "test_tiny.py": INTEGRATION,
-    "test_transfer.py": INTEGRATION, "test_stack.py": INTEGRATION, "reliability/": INTEGRATION,
+    "test_transfer.py": INTEGRATION, "test_stack.py": INTEGRATION, "test_trials.py": INTEGRATION,
+    "reliability/": INTEGRATION,
     "test_book.py": BOOK, "test_make_build_dir.py": BOOK, "test_readme.py": BOOK,
 }
 
