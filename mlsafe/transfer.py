@@ -313,12 +313,21 @@ def select_neurons(model, layer: int, sets: neurons.NeuronSets, st: _LayerStats,
     return score.topk(k).indices.sort().values
 
 
-def edit_gram(model, layer: int, module: str, idx: torch.Tensor, st: _LayerStats) -> solver.EditGram:
-    """Per-row normalised EditGram of one module (see the module docstring)."""
+def edit_gram(model, layer: int, module: str, idx: torch.Tensor, st: _LayerStats, *,
+              pair_offset: torch.Tensor | None = None) -> solver.EditGram:
+    """Per-row normalised EditGram of one module (see the module docstring).
+
+    `pair_offset` (default None: the paper's target): X_low^T O [d_in, d_in], in the units of
+    st.paired (sums over the fit pairs), for input-space shifts O (row i: a vector to take out of
+    pair i's gap x_en,i - x_low,i); the target becomes D_S' = (X_en - X_low - O) W_S, so
+    X_low^T D_S' = (X_low^T X_en - X_low^T X_low - X_low^T O) W_S (see :func:`pair_offset`)."""
     w = arch.neuron_weight(model, layer, module).detach()
     w_s = w[idx.to(w.device)].T.to(torch.float64).cpu()                     # W_S, d_in x m
     xtx = st.paired.xtx.cpu()
-    xtd = (st.paired.xty.cpu() - xtx) @ w_s                                  # X_low^T D_S
+    gap = st.paired.xty.cpu() - xtx                                          # X_low^T (X_en - X_low)
+    if pair_offset is not None:
+        gap = gap - pair_offset.to(gap)
+    xtd = gap @ w_s                                                          # X_low^T D_S
     n_low, n_safe = st.paired.n, st.safe.n
     return solver.EditGram(xtx / n_low, xtd / n_low, st.safe.xtx.cpu() / n_safe,
                            n_low=n_low, n_safe=n_safe)
@@ -341,21 +350,165 @@ def solve_factors(g: solver.EditGram, cfg: EditConfig) -> tuple[torch.Tensor, to
 
 
 def build_edit(model, layer: int, idx: torch.Tensor, st: _LayerStats, cfg: EditConfig, *,
-               base_fingerprint: str | None = None) -> SparseEdit:
+               base_fingerprint: str | None = None, pair_offset: torch.Tensor | None = None,
+               up_given_gate: tuple[torch.Tensor, torch.Tensor] | None = None) -> SparseEdit:
     """The SparseEdit of neurons `idx` at `layer` solved from `st`. `base_fingerprint`: the
     unedited model's fingerprint(model, layer) when the caller already holds it (it hashes
-    every weight: seconds on a 0.5B model), else computed here."""
+    every weight: seconds on a 0.5B model), else computed here.
+
+    Options (both default off, issue 13's leads 4 and 5): `pair_offset` changes every module's
+    target (:func:`edit_gram`); `up_given_gate` = (X_low, X_en), the fit pairs' MLP inputs at
+    `layer` row by row (:func:`pair_inputs`), fits up's rows after gate's edit, against the
+    English activations given the edited gate (:func:`up_factors_given_gate`; needs modules
+    gate and up and the whitened solver; gate's rows are solved exactly as without it; not with
+    `pair_offset`, whose shifts are linear in the inputs and the activations are not)."""
+    if up_given_gate is not None and pair_offset is not None:
+        raise ValueError("up_given_gate does not combine with pair_offset (the activation target is nonlinear)")
+    if up_given_gate is not None and (set(cfg.modules) != {"gate", "up"} or cfg.solver != "whitened"):
+        raise ValueError("up_given_gate fits up after gate: it needs modules ('gate', 'up') and solver 'whitened', "
+                         f"got modules {cfg.modules} and solver {cfg.solver!r}")
     factors = {}
     for module in cfg.modules:
-        a, b = solve_factors(edit_gram(model, layer, module, idx, st), cfg)
+        if module == "up" and up_given_gate is not None:
+            continue
+        a, b = solve_factors(edit_gram(model, layer, module, idx, st, pair_offset=pair_offset), cfg)
         factors[module] = (a.float(), b.float())
+    if up_given_gate is not None:
+        a_g, b_g = factors["gate"]
+        a, b = up_factors_given_gate(model, layer, idx, a_g.double() @ b_g.double(), *up_given_gate, st, cfg)
+        factors["up"] = (a.float(), b.float())
+    factors = {module: factors[module] for module in cfg.modules}
     ranks = {a.shape[1] for a, _ in factors.values()}  # solve_factors clamps to min(rank, d_in, m)
     hparams = {"rank": max(ranks), "requested_rank": cfg.rank, "gamma": cfg.gamma, "lam": cfg.lam,
                "position": cfg.position, "solver": cfg.solver, "targets": list(cfg.targets),
                "source": cfg.source, "tau_mag": cfg.tau_mag, "tau_stat": cfg.tau_stat, "seed": cfg.seed}
+    if pair_offset is not None:
+        hparams["target"] = "pair gap minus pair_offset"
+    if up_given_gate is not None:
+        hparams["up_fit"] = "given the edited gate (up_factors_given_gate)"
     return SparseEdit(layer=layer, modules=cfg.modules, neurons=idx, factors=factors, hparams=hparams,
                       base_fingerprint=base_fingerprint or fingerprint(model, layer),
                       model_type=arch.get_arch(model).model_type)
+
+
+def prompt_inputs(model, tokenizer, prompts: Sequence[Prompt], layer: int, cfg: EditConfig) -> torch.Tensor:
+    """MLP inputs at `layer` of each prompt (with the generation prompt, at cfg.position "last"),
+    float64 [N, d_in] in input order, from forward passes stopped after `layer` (batches of
+    cfg.batch_size, left padding as in the statistics pass)."""
+    from mlsafe import chat
+
+    if cfg.position != "last":
+        raise ValueError(f"prompt_inputs reads the last prompt token (position 'last'), got {cfg.position!r}")
+    limit = chat.context_limit(model, tokenizer)
+    device = next(model.parameters()).device
+    texts, rows = chat_texts(tokenizer, prompts), []
+    with torch.no_grad():
+        for start in range(0, len(texts), cfg.batch_size):
+            enc = probe.encode_batch(tokenizer, texts[start:start + cfg.batch_size], device, max_length=limit)
+            with probe.capture(model, [layer], stop_after_last=True) as cap:
+                cap.forward(**enc, use_cache=False)
+            rows.append(probe.select_positions(cap.mlp_inputs[layer], enc["attention_mask"], "last")
+                        .to(torch.float64).cpu())
+    return torch.cat(rows) if rows else torch.zeros(0, arch.d_model(model), dtype=torch.float64)
+
+
+def pair_inputs(model, tokenizer, low: Sequence[Prompt], src: Sequence[Prompt], layer: int,
+                cfg: EditConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`prompt_inputs` of two parallel prompt lists (row i of each: pair i)."""
+    if len(low) != len(src):
+        raise ValueError(f"pair_inputs needs parallel lists, got {len(low)} and {len(src)} prompts")
+    return prompt_inputs(model, tokenizer, low, layer, cfg), prompt_inputs(model, tokenizer, src, layer, cfg)
+
+
+def mean_pair_shifts(x_low: torch.Tensor, x_src: torch.Tensor, langs: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Per language, the mean over its pairs of x_src - x_low (rows of pair_inputs), float64 [d_in]."""
+    if not (len(langs) == x_low.shape[0] == x_src.shape[0]):
+        raise ValueError(f"{len(langs)} languages for {x_low.shape[0]} and {x_src.shape[0]} rows")
+    return {lang: (x_src[rows] - x_low[rows]).mean(0)
+            for lang in dict.fromkeys(langs) for rows in [[i for i, l in enumerate(langs) if l == lang]]}
+
+
+def pair_offset(x_low: torch.Tensor, langs: Sequence[str], shifts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """X_low^T O for :func:`edit_gram`, with row i of O the shift of pair i's language
+    (shifts[langs[i]], e.g. mean_pair_shifts of harmless parallel pairs): sum over languages l
+    of (sum of l's rows of X_low) outer shifts[l], float64 [d_in, d_in] (a sum, as st.paired)."""
+    if len(langs) != x_low.shape[0]:
+        raise ValueError(f"{len(langs)} languages for {x_low.shape[0]} rows")
+    missing = sorted(set(langs) - set(shifts))
+    if missing:
+        raise ValueError(f"no shift for language(s) {missing}")
+    out = torch.zeros(x_low.shape[1], x_low.shape[1], dtype=torch.float64)
+    for lang in dict.fromkeys(langs):
+        rows = [i for i, l in enumerate(langs) if l == lang]
+        out += torch.outer(x_low[rows].to(torch.float64).sum(0), shifts[lang].to(torch.float64))
+    return out
+
+
+def _gated_parts(model, layer: int, idx: torch.Tensor):
+    """(W_gate,S, W_up,S) as float64 [d_in, m] and the MLP's activation function; a gated MLP
+    without biases on gate/up is assumed (ValueError otherwise)."""
+    spec = arch.get_arch(model)
+    module = arch.mlp(model, layer)
+    if spec.gate is None or spec.fused or any(getattr(getattr(module, n), "bias", None) is not None
+                                              for n in (spec.gate, spec.up)):
+        raise ValueError(f"{spec.model_type}: up_given_gate needs separate gate and up projections without bias")
+    w = {m: arch.neuron_weight(model, layer, m).detach()[idx].T.to(torch.float64).cpu() for m in ("gate", "up")}
+    return w["gate"], w["up"], getattr(module, spec.act)
+
+
+def activation_residual(model, layer: int, idx: torch.Tensor, dw_gate: torch.Tensor, dw_up: torch.Tensor,
+                        x_low: torch.Tensor, x_src: torch.Tensor) -> float:
+    """||act(X_low (W_g + dW_g)) * (X_low (W_u + dW_u)) - act(X_en W_g) * (X_en W_u)||_F^2 / N on
+    neurons `idx`: how far the edited neurons' activations on the target-language prompts sit
+    from English's (the fit residual :func:`up_factors_given_gate` minimises, without its
+    gamma and lambda terms)."""
+    w_g, w_u, act = _gated_parts(model, layer, idx)
+    x, y = x_low.to(torch.float64), x_src.to(torch.float64)
+    a_en = act(y @ w_g) * (y @ w_u)
+    a_low = act(x @ (w_g + dw_gate)) * (x @ (w_u + dw_up))
+    return float(((a_low - a_en) ** 2).sum()) / x.shape[0]
+
+
+def up_factors_given_gate(model, layer: int, idx: torch.Tensor, dw_gate: torch.Tensor, x_low: torch.Tensor,
+                          x_src: torch.Tensor, st: _LayerStats, cfg: EditConfig, *,
+                          chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up's factors (A, B) fitted after gate's edit dW_g (issue 13's lead 5; not in the paper).
+
+    A neuron's activation is a_j = (x W_u)_j act((x W_g)_j); the paper fits gate's and up's rows
+    independently, each to its own pre-activation gap. Here, with phi = act(X_low (W_g + dW_g))
+    (the edited gate on the fit pairs' target-language inputs X_low) and the English
+    activations a_en = act(X_en W_g) * (X_en W_u), up's dW_u minimises per neuron j
+
+        ||phi_j * (X_low (w_u,j + dw_j)) - a_en,j||^2 / N + gamma ||X_safe dw_j||^2 / N_safe + lam ||dw_j||^2,
+
+    a weighted ridge with the per-neuron matrix H_j = X_low^T diag(phi_j^2) X_low / N +
+    gamma X_safe^T X_safe / N_safe + lam I (solved in chunks of `chunk` neurons: m Cholesky
+    solves of d_in x d_in). The rank-cfg.rank constraint has no closed form with a different
+    H_j per neuron; the unconstrained minimiser M is truncated as Theorem 4.1 truncates
+    (top-r SVD of R M with R^T R = Q), in the neuron-averaged metric Q = mean_j H_j. At full
+    rank (r >= min(d_in, m)) this is the exact minimiser.
+    """
+    w_g, w_u, act = _gated_parts(model, layer, idx)
+    x, y = x_low.to(torch.float64).cpu(), x_src.to(torch.float64).cpu()
+    n, d = x.shape
+    if y.shape != x.shape or n == 0:
+        raise ValueError(f"X_low and X_en must be non-empty and of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    phi = act(x @ (w_g + dw_gate.to(torch.float64).cpu()))                   # [N, m]
+    resid = act(y @ w_g) * (y @ w_u) - phi * (x @ w_u)                       # a_en - phi * u_low
+    base = cfg.gamma * st.safe.xtx.cpu().to(torch.float64) / st.safe.n + cfg.lam * torch.eye(d, dtype=torch.float64)
+    m = phi.shape[1]
+    sol = torch.empty(d, m, dtype=torch.float64)
+    for j0 in range(0, m, chunk):
+        p = phi[:, j0:j0 + chunk]                                            # [N, c]
+        h = (x.T.unsqueeze(0) * (p * p).T.unsqueeze(1)) @ x / n + base      # H_j, [c, d, d]
+        rhs = (x.T @ (p * resid[:, j0:j0 + chunk]) / n).T.unsqueeze(-1)      # [c, d, 1]
+        sol[:, j0:j0 + chunk] = torch.cholesky_solve(rhs, torch.linalg.cholesky(h)).squeeze(-1).T
+    q = x.T @ (x * (phi * phi).mean(1, keepdim=True)) / n + base             # mean_j H_j
+    chol = torch.linalg.cholesky(q)                                          # Q = L L^T, R = L^T
+    u, s, vh = torch.linalg.svd(chol.T @ sol, full_matrices=False)
+    r = min(cfg.rank, d, m)
+    a = torch.linalg.solve_triangular(chol.T, u[:, :r] * s[:r], upper=True)
+    return a, vh[:r]
 
 
 def _has_pairs(harmful: Sequence[Prompt], cfg: EditConfig) -> bool:

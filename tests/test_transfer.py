@@ -252,3 +252,88 @@ def test_neuron_set_config_is_checked():
         transfer.EditConfig(targets=["th"], neuron_k=4)
     with pytest.raises(ValueError, match="fused"):
         transfer.EditConfig(targets=["th"], neuron_set="gap", neuron_k=4)
+
+
+def _fit_pairs(model, tok, layer=1, gamma=0.1, lam=1e-3, rank=16):
+    """Fused statistics at `layer`, 16 top pair-gap neurons and the fit pairs' MLP inputs."""
+    harmful, harmless = _anchors()
+    cfg = transfer.EditConfig(targets=["th", "bn"], layer=layer, rank=rank, gamma=gamma, lam=lam,
+                              val_fraction=0.0, stats_pass="fused")
+    anchors = transfer.split_anchors(harmful, harmless, cfg.val_fraction, cfg.seed)
+    st = transfer.collect_stats(model, tok, anchors, cfg, [layer])[layer]
+    idx = transfer.pair_gap_energy(model, layer, st).topk(16).indices.sort().values
+    low, src = transfer.parallel_pairs(anchors.fit_harmful, cfg.source, cfg.targets)
+    x_low, x_src = transfer.pair_inputs(model, tok, low, src, layer, cfg)
+    return cfg, anchors, st, idx, low, x_low, x_src
+
+
+def test_pair_inputs_are_the_rows_of_the_pair_statistics(tiny_lm):
+    model, tok = tiny_lm
+    _, _, st, _, low, x_low, x_src = _fit_pairs(model, tok)
+    assert x_low.shape == x_src.shape == (len(low), arch.d_model(model)) and x_low.dtype == torch.float64
+    scale = float(st.paired.xtx.abs().max())
+    assert torch.allclose(x_low.T @ x_low, st.paired.xtx.cpu(), atol=1e-4 * scale)
+    assert torch.allclose(x_low.T @ x_src, st.paired.xty.cpu(), atol=1e-4 * scale)
+
+
+def test_pair_offset_moves_the_target_by_the_given_shifts(tiny_lm):
+    """The lead-4 option: target D_S' = (X_en - X_low - O) W_S, O's rows the shift of each pair's language."""
+    model, tok = tiny_lm
+    _, _, st, idx, low, x_low, x_src = _fit_pairs(model, tok)
+    langs = [p.lang for p in low]
+    shifts = transfer.mean_pair_shifts(x_low, x_src, langs)
+    assert set(shifts) == {"th", "bn"}
+    th = [i for i, lang in enumerate(langs) if lang == "th"]
+    assert torch.allclose(shifts["th"], (x_src[th] - x_low[th]).mean(0))
+    offset = transfer.pair_offset(x_low, langs, shifts)
+    o = torch.stack([shifts[lang] for lang in langs])
+    assert torch.allclose(offset, x_low.T @ o)
+    for module in ("gate", "up"):
+        w_s = arch.neuron_weight(model, 1, module).detach()[idx].T.double()
+        plain = transfer.edit_gram(model, 1, module, idx, st)
+        moved = transfer.edit_gram(model, 1, module, idx, st, pair_offset=offset)
+        assert torch.equal(moved.xtx_low, plain.xtx_low) and torch.equal(moved.xtx_safe, plain.xtx_safe)
+        assert torch.allclose(moved.xtd, plain.xtd - offset @ w_s / st.paired.n)
+    with pytest.raises(ValueError, match="no shift"):
+        transfer.pair_offset(x_low, langs, {"th": shifts["th"]})
+
+
+def test_up_given_gate_changes_only_up_rows_and_lowers_the_activation_fit(tiny_lm):
+    """The lead-5 option: gate's rows as before, up's fitted after them to the English activations."""
+    model, tok = tiny_lm
+    cfg, _, st, idx, _, x_low, x_src = _fit_pairs(model, tok, rank=16)   # rank 16 = |S|: the exact minimiser
+    plain = transfer.build_edit(model, 1, idx, st, cfg)
+    given = transfer.build_edit(model, 1, idx, st, cfg, up_given_gate=(x_low, x_src))
+    assert torch.equal(given.factors["gate"][0], plain.factors["gate"][0])
+    assert torch.equal(given.factors["gate"][1], plain.factors["gate"][1])
+    assert given.hparams["up_fit"].startswith("given the edited gate") and "up_fit" not in plain.hparams
+    weights = {}
+    for name, edit in (("plain", plain), ("given", given)):
+        with edit.applied(model):
+            weights[name] = {m: arch.neuron_weight(model, 1, m).detach().clone() for m in ("gate", "up")}
+    assert torch.equal(weights["plain"]["gate"], weights["given"]["gate"])
+    rows_differ = (weights["plain"]["up"] != weights["given"]["up"]).any(-1)
+    assert rows_differ.nonzero().flatten().tolist() == idx.tolist()   # only up's rows of S move
+
+    dw_g = plain.delta("gate")
+    safe = st.safe.xtx.cpu() / st.safe.n
+
+    def objective(dw_u):   # what up_factors_given_gate minimises: activation fit + gamma and lambda terms
+        fit = transfer.activation_residual(model, 1, idx, dw_g, dw_u, x_low, x_src)
+        return fit + cfg.gamma * float((dw_u * (safe @ dw_u)).sum()) + cfg.lam * float((dw_u ** 2).sum())
+
+    assert objective(given.delta("up")) < objective(plain.delta("up"))
+    assert transfer.activation_residual(model, 1, idx, dw_g, given.delta("up"), x_low, x_src) \
+        < transfer.activation_residual(model, 1, idx, dw_g, plain.delta("up"), x_low, x_src)
+    perturbed = given.delta("up") + 1e-3 * torch.randn(given.delta("up").shape, generator=torch.Generator().manual_seed(0),
+                                                       dtype=torch.float64)
+    assert objective(given.delta("up")) < objective(perturbed)     # a minimum, not just an improvement
+    low_rank = transfer.build_edit(model, 1, idx, st, transfer.EditConfig(**{**cfg.__dict__, "rank": 2}),
+                                   up_given_gate=(x_low, x_src))
+    assert torch.linalg.matrix_rank(low_rank.delta("up")) <= 2
+    with pytest.raises(ValueError, match="modules"):
+        transfer.build_edit(model, 1, idx, st, transfer.EditConfig(**{**cfg.__dict__, "modules": ("up",)}),
+                            up_given_gate=(x_low, x_src))
+    with pytest.raises(ValueError, match="pair_offset"):
+        transfer.build_edit(model, 1, idx, st, cfg, up_given_gate=(x_low, x_src),
+                            pair_offset=torch.zeros(x_low.shape[1], x_low.shape[1]))
