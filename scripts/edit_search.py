@@ -9,7 +9,9 @@ same validation anchors (transfer.split_anchors, the split the edit's layer choi
 2. one factor at a time at the best-scoring layers: |S| by top-k Cohen's d, rank, gamma,
    modules (gate only / up only), the target-language -> English shift measured on harmless
    parallel pairs is not re-fitted here (see the chapter);
-3. multi-layer edits: the top layers' edits applied together (each from unedited statistics).
+Multi-layer edits are scripts/stack_search.py's (layers fitted in sequence, mlsafe.stack): edits
+fitted independently on unedited statistics cannot be applied together (each checks the
+fingerprint of the model it was fitted on).
 
 Model, suite, split, margins and each trial's row by mlsafe.trials (load_search, search_trial, TrialLog).
 Writes results/<model>/search/search.json (every trial) atomically; prints a table.
@@ -42,7 +44,7 @@ def main() -> None:
     ap.add_argument("--data", default="auto")
     ap.add_argument("--lang", default="zh,ja,th")
     ap.add_argument("--layers", default="1-22", help="candidate layers for step 1")
-    ap.add_argument("--top", type=int, default=3, help="layers kept for steps 2-3")
+    ap.add_argument("--top", type=int, default=3, help="layers kept for step 2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--stats-cache", default=None, help="a scratch file to keep/reuse the statistics")
@@ -116,9 +118,6 @@ def main() -> None:
             score([transfer.build_edit(lm.model, layer, idx, st, c2, base_fingerprint=fp)],
                   step=name, neurons=kind, layer=layer,
                   **{k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()})
-    for n in range(2, len(top) + 1):   # step 3: several layers together (each from unedited statistics)
-        score([base_edits[t] for t in top[:n]], step="multi_layer", layers=[t[0] for t in top[:n]],
-              neurons=[t[1] for t in top[:n]])
     log.finish()
     print(f"wrote {log.path} ({time.perf_counter() - t0:.0f} s)")
 
