@@ -8,7 +8,7 @@ their numbers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -85,15 +85,16 @@ def search_frame(record: Mapping) -> pd.DataFrame:
 
 
 def trials_frame(record: Mapping) -> pd.DataFrame:
-    """The trials of scripts/stack_search.py (stack.json) or scripts/kl_sweep.py (kl_sweep.json):
-    one row each with the layers, neurons and gamma where recorded, the validation gains,
+    """The trials of scripts/stack_search.py (stack.json), scripts/kl_sweep.py (kl_sweep.json) or
+    scripts/lead_trials.py (leads.json, with its `lead` column): one row each with the layers, neurons and gamma where recorded, the validation gains,
     score, share of the validation gap, mean first-token KL on harmless validation anchors and
     score - KL, |S| and the share of parameters."""
     rows = []
     for t in record["trials"]:
         layers = t.get("layers", t.get("layer"))
         kl = t.get("first_token_kl_mean", float("nan"))
-        rows.append({"layers": ",".join(map(str, layers)) if isinstance(layers, list) else str(layers),
+        rows.append({**({"lead": t["lead"]} if "lead" in t else {}),
+                     "layers": ",".join(map(str, layers)) if isinstance(layers, list) else str(layers),
                      "neurons": str(t.get("neurons", record.get("preset", ""))),
                      "gamma": t.get("gamma", record.get("gamma", float("nan"))),
                      "gain_target": t["val_gain_harmful"], "gain_harmless": t["val_gain_harmless"],
@@ -102,6 +103,24 @@ def trials_frame(record: Mapping) -> pd.DataFrame:
                      "kl": kl, "score_minus_kl": t["score"] - kl, "n_neurons": t["n_neurons"],
                      "params_pct": 100 * t["fraction_of_parameters"]})
     return pd.DataFrame(rows)
+
+
+def shift_frame(record: Mapping, modules: Sequence[str] = ("gate", "up")) -> pd.DataFrame:
+    """Lead 4 of leads.json's `measurement`: per target language, how alike the English-minus-
+    target shift of the edited rows' inputs is on harmful pairs and on harmless anchors (cosine)
+    and the share of the harmful pair-gap energy that removing the harmless shift takes away;
+    `parallel` says whether the harmless anchors were parallel pairs or two samples' means."""
+    m = record["measurement"]
+    rows = {}
+    for lang, v in m.items():
+        if not isinstance(v, Mapping) or "harmless" not in v:
+            continue
+        row = {"harmful pairs": v["n_harmful_pairs"], "harmless parallel": bool(v["harmless"]["parallel"])}
+        for mod in modules:
+            row[f"{mod} cosine"] = v[mod]["cosine"]
+            row[f"{mod} share removed"] = v[mod]["share_removed_by_harmless_shift"]
+        rows[lang] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def share_of_target_gap(record: Mapping, gain: float) -> float:

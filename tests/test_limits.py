@@ -107,6 +107,23 @@ def test_trials_frame_reads_stack_and_sweep_records():
     assert g.loc[0, "params_pct"] == pytest.approx(0.29)
 
 
+def test_lead_rows_and_the_shift_table():
+    leads = {"before": {"target": 1.0, "harmless": -0.5, "source": 3.0}, "trials": [
+        {"lead": "lead4", "layers": [17], "neurons": "gap1024", "gamma": 1.0, "val_gain_harmful": 0.2,
+         "val_gain_harmless": 0.2, "val_gain_source": 0.0, "score": 0.0, "first_token_kl_mean": 0.01,
+         "n_neurons": 1024, "fraction_of_parameters": 0.003}],
+        "measurement": {"what": "text", "neurons": "gap1024",
+                        "ja": {"n_harmful_pairs": 48, "harmless": {"n": 46, "parallel": True},
+                               "gate": {"cosine": 0.96, "share_removed_by_harmless_shift": 0.79},
+                               "up": {"cosine": 0.9, "share_removed_by_harmless_shift": 0.5}}}}
+    f = limits.trials_frame(leads)
+    assert list(f.columns[:2]) == ["lead", "layers"] and f.loc[0, "lead"] == "lead4"
+    assert f.loc[0, "share_of_gap"] == pytest.approx(0.1)
+    t = limits.shift_frame(leads)
+    assert list(t.index) == ["ja"] and t.loc["ja", "gate share removed"] == pytest.approx(0.79)
+    assert bool(t.loc["ja", "harmless parallel"]) and t.loc["ja", "up cosine"] == pytest.approx(0.9)
+
+
 def test_goal_rows_of_an_older_summary_come_from_its_blocks():
     s = _summary()
     del s["gap_closed_by"]
