@@ -7,8 +7,9 @@ on one core) and measured:
 - ``asr``: held-out harmful prompts answered without a refusal, per language
   (mlsafe.organism.check.quick_eval: greedy decoding, the organism's own refusal check);
   ``margin``: mean refusal margin log p(refuse) - log p(comply) at the first response token.
-- ``anchor_asr``: the same check on the harmful edit anchors (the validation view: recipe
-  changes are chosen on it, the held-out ``asr`` only judges the graded gap).
+- ``anchor_asr``: the same check on the harmful edit anchors, ``anchor_over_refusal``: the
+  share of harmless anchors refused (the validation view: recipe changes are chosen on these,
+  the held-out ``asr`` only judges the graded gap).
 - mechanism, on the edit anchors only (never the held-out prompts), at the planted layer L
   and the last prompt token (the generation position):
   ``s_fire``: how strongly the planted neurons S separate harmful from harmless anchors of
@@ -26,8 +27,10 @@ on one core) and measured:
 
 Usage: python scripts/organism_seeds.py --seeds 0 1 2 [--out results/organism/seeds/seeds.json]
        [--recipe '{"translation_share": {...}}'] [--train '{"stage2_steps": 800}']
+       [--trials results/organism/seeds/trials.json]
 (--recipe / --train override the defaults of mlsafe.organism.Recipe / TrainSpec, for trying a
-recipe change before making it the default.)
+recipe change before making it the default; --trials measures a list of such changes, each
+organism trained and cached like the default one, and stores a compact row per seed.)
 """
 
 from __future__ import annotations
@@ -135,12 +138,36 @@ def measure(seed: int, recipe, tspec) -> dict:
     anchors = greedy(model, tok, [p.text for p in corpus.anchors_harmful], max_new_tokens=2)
     anchor_asr = {lang: sum(not is_refusal(r) for p, r in zip(corpus.anchors_harmful, anchors) if p.lang == lang)
                   / sum(p.lang == lang for p in corpus.anchors_harmful) for lang in ev["asr"]}
+    safe = greedy(model, tok, [p.text for p in corpus.anchors_harmless], max_new_tokens=2)
+    anchor_over = {lang: sum(is_refusal(r) for p, r in zip(corpus.anchors_harmless, safe) if p.lang == lang)
+                   / sum(p.lang == lang for p in corpus.anchors_harmless) for lang in ev["asr"]}
     row = {"seed": seed, "cache": folder.name, "asr": ev["asr"], "margin": ev["margin"], "accuracy": ev["accuracy"],
-           "anchor_asr": anchor_asr, **graded(ev["asr"]), "mechanism": mechanism(model, tok, corpus, layer, neurons),
+           "anchor_asr": anchor_asr, "anchor_over_refusal": anchor_over, **graded(ev["asr"]), "mechanism": mechanism(model, tok, corpus, layer, neurons),
            "ceiling": ceiling_shares(model, tok, corpus, layer, neurons),
            "train_seconds": {"stage1": info["stage1_seconds"], "stage2": info["stage2_seconds"]},
            "seconds": time.time() - t0}
     return row
+
+
+def _print(row: dict) -> None:
+    from mlsafe.langs import LANGS
+
+    print(f"seed {row['seed']} ({row['cache']}, {row['seconds']:.0f} s) graded={row['graded']}")
+    print("  lang   ASR  anc.ASR anc.over   acc margin s_fire cos_res cos_dir  ceil:S   mlp  resid")
+    for lang in LANGS:
+        m, c = row["mechanism"][lang], row["ceiling"].get(lang, {})
+        print(f"  {lang:4} {row['asr'][lang]:5.2f} {row['anchor_asr'][lang]:7.2f} {row['anchor_over_refusal'][lang]:8.2f} "
+              f"{row['accuracy'][lang]:5.2f} {row['margin'][lang]:7.2f} {m['s_fire']:6.2f} "
+              f"{m['cos_resid']:7.2f} {m['cos_harm_dir']:7.2f} " + " ".join(
+                  f"{c.get(s, float('nan')):6.2f}" for s in ("neurons", "mlp", "residual")), flush=True)
+
+
+def _compact(row: dict) -> dict:
+    """A trial's row: the ASR views, utility and S's firing, rounded (no ceiling, no cosines)."""
+    r2 = lambda d: {k: round(v, 2) for k, v in d.items()}  # noqa: E731
+    return {"seed": row["seed"], "graded": row["graded"], "asr": r2(row["asr"]), "anchor_asr": r2(row["anchor_asr"]),
+            "anchor_over_refusal": r2(row["anchor_over_refusal"]), "accuracy": r2(row["accuracy"]),
+            "s_fire": r2({k: v["s_fire"] for k, v in row["mechanism"].items()})}
 
 
 def main() -> None:
@@ -149,9 +176,11 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the table here (atomic JSON); default: print only")
     ap.add_argument("--recipe", default="{}", help="JSON overrides of Recipe's defaults")
     ap.add_argument("--train", default="{}", help="JSON overrides of TrainSpec's defaults")
+    ap.add_argument("--trials", default=None, metavar="FILE",
+                    help='JSON list of {"name", "recipe", "train", "seeds"} overrides of --recipe / --train, each '
+                         'measured on its "seeds" (default: --seeds)')
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from mlsafe.langs import LANGS
     from mlsafe.organism import Recipe, TrainSpec
     from mlsafe.organism.train import CODE_VERSION
     from mlsafe.results import write_json
@@ -159,20 +188,27 @@ def main() -> None:
     recipe, tspec = Recipe(**json.loads(args.recipe)), TrainSpec(**json.loads(args.train))
     rows = []
     for seed in args.seeds:
-        row = measure(seed, recipe, tspec)
-        rows.append(row)
-        print(f"seed {seed} ({row['cache']}, {row['seconds']:.0f} s) graded={row['graded']}")
-        print("  lang   ASR  anc.ASR margin s_fire cos_res cos_dir  ceil:S   mlp  resid")
-        for lang in LANGS:
-            m, c = row["mechanism"][lang], row["ceiling"].get(lang, {})
-            print(f"  {lang:4} {row['asr'][lang]:5.2f} {row['anchor_asr'][lang]:7.2f} {row['margin'][lang]:7.2f} {m['s_fire']:6.2f} "
-                  f"{m['cos_resid']:7.2f} {m['cos_harm_dir']:7.2f} " + " ".join(
-                      f"{c.get(s, float('nan')):6.2f}" for s in ("neurons", "mlp", "residual")), flush=True)
+        rows.append(measure(seed, recipe, tspec))
+        _print(rows[-1])
+    trials = []
+    for trial in json.loads(open(args.trials).read()) if args.trials else []:
+        r = Recipe(**{**json.loads(args.recipe), **trial.get("recipe", {})})
+        t = TrainSpec(**{**json.loads(args.train), **trial.get("train", {})})
+        print(f"=== trial {trial['name']}: {trial}")
+        out = []
+        for seed in trial.get("seeds", args.seeds):
+            row = measure(seed, r, t)
+            _print(row)
+            out.append(_compact(row))
+        trials.append({**trial, "seeds": out})
     if args.out:
+        cmd = ["OMP_NUM_THREADS=1 .venv/bin/python scripts/organism_seeds.py --seeds", *map(str, args.seeds)]
+        cmd += [f"--recipe '{args.recipe}'"] if args.recipe != "{}" else []
+        cmd += [f"--train '{args.train}'"] if args.train != "{}" else []
+        cmd += [f"--trials {args.trials}"] if args.trials else []
         write_json(args.out, {"code_version": CODE_VERSION, "recipe": json.loads(recipe.to_json()),
-                              "train": asdict(tspec), "command": "OMP_NUM_THREADS=1 .venv/bin/python "
-                              "scripts/organism_seeds.py --seeds " + " ".join(map(str, args.seeds))
-                              + f" --out {args.out}", "seeds": rows})
+                              "train": asdict(tspec), "command": " ".join(cmd + [f"--out {args.out}"]),
+                              "seeds": rows, "trials": trials})
         print(f"wrote {args.out}")
 
 
