@@ -84,6 +84,22 @@ def load_search(model_spec: str, data: str, seed: int, targets: Sequence[str]) -
     return Search(lm, suite, margin, cfg, anchors, before)
 
 
+def load_layer_stats(path: str | Path, layer: int):
+    """One layer's LayerStats from scripts/edit_search.py's --stats-cache file (fused pass);
+    a missing file, another layer or a separate-pass cache is one line naming the fix."""
+    from mlsafe.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--stats-cache {path} does not exist: run scripts/edit_search.py --stats-cache {path} first")
+    stats = torch.load(path, weights_only=False)
+    if layer not in stats:
+        raise UserError(f"--stats-cache {path} holds layers {sorted(stats)}, not --layer {layer}")
+    if stats[layer].paired.yty is None:
+        raise UserError(f"--stats-cache {path} is not from the fused statistics pass (no X_en^T X_en)")
+    return stats[layer]
+
+
 def validation_trial(model, tokenizer, anchors: transfer.Anchors, cfg: transfer.EditConfig, margin: transfer.MarginFn,
                      before: Sequence[float], edits: Sequence[SparseEdit], *, kl: str | None = "mean",
                      gap: float | None = None, after: bool = True, **info) -> dict:

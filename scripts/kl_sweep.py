@@ -33,10 +33,9 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from mlsafe import neurons, transfer, trials
 from mlsafe.edit import fingerprint
+from mlsafe.errors import UserError
 from mlsafe.stack import EditStack, fit_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,16 +66,11 @@ def main() -> None:
         gammas = [float(v) for v in args.gammas.split(",")]
     except ValueError:
         raise SystemExit(f"--gammas: give comma-separated numbers, got {args.gammas!r}") from None
-    cache = Path(args.stats_cache)
-    if not cache.is_file():
-        raise SystemExit(f"--stats-cache {cache} does not exist: run scripts/edit_search.py --stats-cache {cache} first")
     t0 = time.perf_counter()
-    stats = torch.load(cache, weights_only=False)
-    if args.layer not in stats:
-        raise SystemExit(f"--stats-cache {cache} holds layers {sorted(stats)}, not --layer {args.layer}")
-    st = stats[args.layer]
-    if st.paired.yty is None:
-        raise SystemExit(f"--stats-cache {cache} is not from the fused statistics pass (no X_en^T X_en)")
+    try:
+        st = trials.load_layer_stats(args.stats_cache, args.layer)
+    except UserError as e:
+        raise SystemExit(str(e)) from None
     targets = args.lang.split(",")
     search = trials.load_search(args.model, args.data, args.seed, targets)
     lm, anchors, base_cfg = search.lm, search.anchors, search.cfg

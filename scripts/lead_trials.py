@@ -44,6 +44,7 @@ import torch
 
 from mlsafe import arch, neurons, presets, transfer, trials
 from mlsafe.edit import fingerprint
+from mlsafe.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 LEADS = ("lead4", "lead5", "gamma50")
@@ -123,16 +124,11 @@ def main() -> None:
     leads = args.leads.split(",")
     if not leads or set(leads) - set(LEADS):
         raise SystemExit(f"--leads: choose from {', '.join(LEADS)}, got {args.leads!r}")
-    cache = Path(args.stats_cache)
-    if not cache.is_file():
-        raise SystemExit(f"--stats-cache {cache} does not exist: run scripts/edit_search.py --stats-cache {cache} first")
     t0 = time.perf_counter()
-    stats = torch.load(cache, weights_only=False)
-    if args.layer not in stats:
-        raise SystemExit(f"--stats-cache {cache} holds layers {sorted(stats)}, not --layer {args.layer}")
-    st = stats[args.layer]
-    if st.paired.yty is None:
-        raise SystemExit(f"--stats-cache {cache} is not from the fused statistics pass (no X_en^T X_en)")
+    try:
+        st = trials.load_layer_stats(args.stats_cache, args.layer)
+    except UserError as e:
+        raise SystemExit(str(e)) from None
     targets = args.lang.split(",")
     search = trials.load_search(args.model, args.data, args.seed, targets)
     lm, anchors = search.lm, search.anchors

@@ -112,3 +112,13 @@ def test_load_search_matches_its_pieces_and_refuses_bad_targets_first(tiny_dir, 
     assert search.before_dict() == dict(zip(trials.GROUPS, before))
     row = trials.search_trial(search, [_edit(search.lm.model, LAYER, scale=0.0)], kl=None)
     assert row["score"] == 0.0
+
+
+def test_load_layer_stats_names_the_fix(tmp_path):
+    from mlsafe.errors import UserError
+
+    with pytest.raises(UserError, match="does not exist: run scripts/edit_search.py"):
+        trials.load_layer_stats(tmp_path / "none.pt", 17)
+    torch.save({3: None}, tmp_path / "s.pt")
+    with pytest.raises(UserError, match=r"holds layers \[3\], not --layer 17"):
+        trials.load_layer_stats(tmp_path / "s.pt", 17)
