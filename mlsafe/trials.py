@@ -84,6 +84,20 @@ def load_search(model_spec: str, data: str, seed: int, targets: Sequence[str]) -
     return Search(lm, suite, margin, cfg, anchors, before)
 
 
+def add_search_arguments(ap, *, what: str, layer: int | None = 17) -> None:
+    """The arguments every validation-search script takes: model, --data, --lang, --seed, --out
+    (folder of `what`, default results/<model>/search) and, with a `layer` default, --layer and
+    the required --stats-cache of scripts/edit_search.py."""
+    ap.add_argument("model")
+    ap.add_argument("--data", default="auto")
+    ap.add_argument("--lang", default="zh,ja,th")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help=f"folder for {what} (default results/<model>/search)")
+    if layer is not None:
+        ap.add_argument("--layer", type=int, default=layer)
+        ap.add_argument("--stats-cache", required=True, help="scripts/edit_search.py's --stats-cache file")
+
+
 def load_layer_stats(path: str | Path, layer: int):
     """One layer's LayerStats from scripts/edit_search.py's --stats-cache file (fused pass);
     a missing file, another layer or a separate-pass cache is one line naming the fix."""

@@ -51,16 +51,10 @@ def objective(score: float, kl_mean: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("--data", default="auto")
-    ap.add_argument("--lang", default="zh,ja,th")
-    ap.add_argument("--layer", type=int, default=17)
+    trials.add_search_arguments(ap, what="kl_sweep.json")
     ap.add_argument("--gammas", default="1,3,10,30,100")
     ap.add_argument("--stack-layer", type=int, default=19)
     ap.add_argument("--no-stack", action="store_true", help="skip the two-layer stack trial")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="folder for kl_sweep.json (default results/<model>/search)")
-    ap.add_argument("--stats-cache", required=True, help="scripts/edit_search.py's --stats-cache file")
     args = ap.parse_args()
     try:
         gammas = [float(v) for v in args.gammas.split(",")]

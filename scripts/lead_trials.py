@@ -107,15 +107,9 @@ def shift_measurement(model, layer: int, idx: torch.Tensor, harm: tuple, safe_sh
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("--data", default="auto")
-    ap.add_argument("--lang", default="zh,ja,th")
-    ap.add_argument("--layer", type=int, default=17)
+    trials.add_search_arguments(ap, what="leads.json")
     ap.add_argument("--lead-gammas", default="1,10", help="gammas of the lead-4 and lead-5 trials")
     ap.add_argument("--leads", default=",".join(LEADS), help=f"which of {', '.join(LEADS)}, in that order")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="folder for leads.json (default results/<model>/search)")
-    ap.add_argument("--stats-cache", required=True, help="scripts/edit_search.py's --stats-cache file")
     args = ap.parse_args()
     try:
         lead_gammas = [float(v) for v in args.lead_gammas.split(",")]

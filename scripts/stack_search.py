@@ -38,14 +38,10 @@ def parse_sequences(texts: list[str]) -> list[tuple[int, ...]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("--data", default="auto")
-    ap.add_argument("--lang", default="zh,ja,th")
+    trials.add_search_arguments(ap, what="stack.json", layer=None)
     ap.add_argument("--sequences", nargs="+", default=["17", "17,19", "15,17,19"],
                     help="layer sequences, each comma-separated, fitted in the order given")
     ap.add_argument("--preset", default="best", choices=sorted(presets.PRESETS))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="folder for stack.json (default results/<model>/search)")
     ap.add_argument("--save-stacks", default=None, metavar="DIR", help="also save each fitted stack there")
     args = ap.parse_args()
     sequences = parse_sequences(args.sequences)

@@ -122,3 +122,18 @@ def test_load_layer_stats_names_the_fix(tmp_path):
     torch.save({3: None}, tmp_path / "s.pt")
     with pytest.raises(UserError, match=r"holds layers \[3\], not --layer 17"):
         trials.load_layer_stats(tmp_path / "s.pt", 17)
+
+
+def test_search_arguments_are_shared():
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    trials.add_search_arguments(ap, what="x.json")
+    a = ap.parse_args(["m", "--stats-cache", "s.pt"])
+    assert (a.model, a.data, a.lang, a.seed, a.out, a.layer, a.stats_cache) == ("m", "auto", "zh,ja,th", 0, None,
+                                                                                 17, "s.pt")
+    with pytest.raises(SystemExit):          # the stats cache is required where a layer is searched
+        ap.parse_args(["m"])
+    bare = argparse.ArgumentParser()
+    trials.add_search_arguments(bare, what="x.json", layer=None)
+    assert not hasattr(bare.parse_args(["m"]), "layer")
