@@ -114,6 +114,21 @@ def load_layer_stats(path: str | Path, layer: int):
     return stats[layer]
 
 
+def layer_search(args):
+    """(LayerStats, Search) of a layer-search script's parsed `add_search_arguments`: the cached
+    statistics of --layer (checked first, before the model loads), then load_search; prints the
+    validation margins before any edit. A bad argument exits with one line."""
+    from mlsafe.errors import UserError
+
+    try:
+        st = load_layer_stats(args.stats_cache, args.layer)
+        search = load_search(args.model, args.data, args.seed, args.lang.split(","))
+    except UserError as e:
+        raise SystemExit(str(e)) from None
+    print(search.before_line(), flush=True)
+    return st, search
+
+
 def validation_trial(model, tokenizer, anchors: transfer.Anchors, cfg: transfer.EditConfig, margin: transfer.MarginFn,
                      before: Sequence[float], edits: Sequence[SparseEdit], *, kl: str | None = "mean",
                      gap: float | None = None, after: bool = True, **info) -> dict:

@@ -35,7 +35,6 @@ from pathlib import Path
 
 from mlsafe import neurons, transfer, trials
 from mlsafe.edit import fingerprint
-from mlsafe.errors import UserError
 from mlsafe.stack import EditStack, fit_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,14 +60,9 @@ def main() -> None:
     except ValueError:
         raise SystemExit(f"--gammas: give comma-separated numbers, got {args.gammas!r}") from None
     t0 = time.perf_counter()
-    try:
-        st = trials.load_layer_stats(args.stats_cache, args.layer)
-    except UserError as e:
-        raise SystemExit(str(e)) from None
+    st, search = trials.layer_search(args)
     targets = args.lang.split(",")
-    search = trials.load_search(args.model, args.data, args.seed, targets)
     lm, anchors, base_cfg = search.lm, search.anchors, search.cfg
-    print(search.before_line(), flush=True)
     sets = neurons.safety_neurons_from_moments(st.acts_harm, st.acts_safe, tau_mag=base_cfg.tau_mag,
                                                tau_stat=base_cfg.tau_stat)
     fp = fingerprint(lm.model, args.layer)

@@ -44,7 +44,6 @@ import torch
 
 from mlsafe import arch, neurons, presets, transfer, trials
 from mlsafe.edit import fingerprint
-from mlsafe.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 LEADS = ("lead4", "lead5", "gamma50")
@@ -119,14 +118,9 @@ def main() -> None:
     if not leads or set(leads) - set(LEADS):
         raise SystemExit(f"--leads: choose from {', '.join(LEADS)}, got {args.leads!r}")
     t0 = time.perf_counter()
-    try:
-        st = trials.load_layer_stats(args.stats_cache, args.layer)
-    except UserError as e:
-        raise SystemExit(str(e)) from None
+    st, search = trials.layer_search(args)
     targets = args.lang.split(",")
-    search = trials.load_search(args.model, args.data, args.seed, targets)
     lm, anchors = search.lm, search.anchors
-    print(search.before_line(), flush=True)
     recipe = {k: v for k, v in presets.resolve("best", lm.model).items() if k in ("neuron_set", "neuron_k", "stats_pass")}
     cfg = transfer.EditConfig(targets=targets, seed=args.seed, **recipe)
     sets = neurons.safety_neurons_from_moments(st.acts_harm, st.acts_safe, tau_mag=cfg.tau_mag, tau_stat=cfg.tau_stat)

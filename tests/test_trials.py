@@ -137,3 +137,13 @@ def test_search_arguments_are_shared():
     bare = argparse.ArgumentParser()
     trials.add_search_arguments(bare, what="x.json", layer=None)
     assert not hasattr(bare.parse_args(["m"]), "layer")
+
+
+def test_layer_search_checks_the_cache_before_loading(tmp_path, monkeypatch):
+    import argparse
+
+    monkeypatch.setattr(trials, "load_search", lambda *a, **k: pytest.fail("loaded before the cache check"))
+    ap = argparse.ArgumentParser()
+    trials.add_search_arguments(ap, what="x.json")
+    with pytest.raises(SystemExit, match="does not exist"):
+        trials.layer_search(ap.parse_args(["m", "--stats-cache", str(tmp_path / "none.pt")]))
