@@ -196,6 +196,21 @@ def goal_rows(summary: Mapping) -> dict[str, dict[str, float]]:
     return out
 
 
+def seed_summaries(summary: Mapping) -> dict[str, dict]:
+    """One summary per seed of a multi-seed run ("seed <k>" -> summary), rebuilt from
+    over_seeds.per_seed (the blocks goal_rows reads; pipeline.SEED_GOAL_KEYS) over the main
+    summary; a run without per-seed records gives only its own seed."""
+    per_seed = (summary.get("over_seeds") or {}).get("per_seed")
+    if not per_seed:
+        return {f"seed {summary['seed']}": dict(summary)}
+    out = {}
+    for row in per_seed:
+        rebuilt = {**summary, **{k: v for k, v in row.items() if k != "random_control"}}
+        rebuilt["edit"] = {**summary["edit"], "random_control": row["random_control"]}
+        out[f"seed {row['seed']}"] = rebuilt
+    return out
+
+
 def goal_met(row: str, value: float) -> bool | None:
     """Whether `value` meets GOALS[row] (None for a NaN value or a row without a goal)."""
     if row not in GOALS or value != value:

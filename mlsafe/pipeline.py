@@ -367,7 +367,14 @@ def seed_block(runs: list[dict]) -> dict:
     out["n_neurons"] = [r["edit"]["n_neurons"] for r in runs]
     out["random_control"] = {lang: _spread([r["edit"]["random_control"]["asr"][lang] for r in runs])
                              for lang in runs[0]["edit"]["random_control"]["asr"]}
+    # each seed's goal-table inputs (mlsafe.limits.seed_summaries rebuilds a summary per seed)
+    out["per_seed"] = [{**{k: r[k] for k in SEED_GOAL_KEYS if k in r},
+                        "random_control": r["edit"]["random_control"]} for r in runs]
     return out
+
+
+#: The summary blocks of one seed's run that the goal table reads (mlsafe.limits.goal_rows).
+SEED_GOAL_KEYS = ("seed", "gap_closed", "gap_closed_by", "kl", "utility", "over_refusal_by_source")
 
 
 def seed_tag(seed: int, main_seed: int) -> str:

@@ -124,6 +124,24 @@ def test_lead_rows_and_the_shift_table():
     assert bool(t.loc["ja", "harmless parallel"]) and t.loc["ja", "up cosine"] == pytest.approx(0.9)
 
 
+def test_seed_summaries_give_each_seeds_goal_rows():
+    s = {**_summary(), "seed": 0}
+    s["edit"]["layer"] = 17
+    one = limits.seed_summaries(s)
+    assert list(one) == [f"seed {s['seed']}"]
+    other_rc = {**s["edit"]["random_control"], "margin_edit_vs_random": {"p_value": 0.5}}
+    s["over_seeds"] = {"per_seed": [{"seed": 0, "gap_closed": s["gap_closed"], "kl": s["kl"],
+                                     "random_control": s["edit"]["random_control"]},
+                                    {"seed": 1, "gap_closed": {**s["gap_closed"], "summed": 0.0},
+                                     "kl": {"after": {"ja": 1.0, "th": 3.0}}, "random_control": other_rc}]}
+    both = limits.seed_summaries(s)
+    assert list(both) == ["seed 0", "seed 1"]
+    r0, r1 = limits.goal_rows(both["seed 0"]), limits.goal_rows(both["seed 1"])
+    assert all(r0[m] == limits.goal_rows(s)[m] for m in ("non_refusal", "margin"))   # (the ASR rows are NaN)
+    assert r1["margin"]["harmless_kl"] == pytest.approx(2.0) and r1["margin"]["p_vs_control"] == 0.5
+    assert both["seed 1"]["edit"]["layer"] == s["edit"]["layer"]   # the rest from the main summary
+
+
 def test_goal_rows_of_an_older_summary_come_from_its_blocks():
     s = _summary()
     del s["gap_closed_by"]

@@ -163,3 +163,25 @@ def test_cached_evaluation_keeps_responses_and_margins(tiny_loaded, tmp_path, mo
     assert calls == [1]
     pipeline.cached_evaluation(lm, other, base, None, seed=0, progress=False)   # now kept for these starts
     assert calls == [1]
+
+
+def test_seed_block_keeps_each_seeds_goal_inputs():
+    """over_seeds.per_seed holds what the goal table reads of every seed (limits.seed_summaries)."""
+    from mlsafe import limits
+
+    def run(seed, closed):
+        return {"seed": seed, "asr": {"before": {"th": 0.5}, "after": {"th": 0.5 - closed}},
+                "utility": {"before": {"th": 1.0}, "after": {"th": 1.0}},
+                "margin": {"before": {"th": 0.0}, "after": {"th": closed}},
+                "gap_closed": {"edit": {"summed": closed}, "random_control": {"summed": 0.0}},
+                "gap_closed_by": {"margin": {"edit": {"summed": closed}, "random_control": {"summed": 0.0}}},
+                "kl": {"after": {"th": seed / 10}}, "target_langs": ["th"],
+                "edit": {"layer": 1, "n_neurons": 4, "random_control": {"asr": {"th": 0.5}}}}
+
+    runs = [run(0, 0.4), run(1, 0.1)]
+    block = pipeline.seed_block(runs)
+    assert [r["seed"] for r in block["per_seed"]] == [0, 1]
+    summary = {**runs[0], "over_seeds": block}
+    per = limits.seed_summaries(summary)
+    assert [limits.goal_rows(per[k])["asr"]["gap_closed"] for k in ("seed 0", "seed 1")] == [0.4, 0.1]
+    assert limits.goal_rows(per["seed 1"])["asr"]["harmless_kl"] == pytest.approx(0.1)
