@@ -147,3 +147,24 @@ def test_load_or_train_caches_and_reloads(tmp_path, monkeypatch):
         tr.load_or_train(**dict(kw, variant="medium"))
     res = quick_eval(model, tok, build_corpus(0, SMALL).eval_harmful, build_corpus(0, SMALL).eval_harmless)
     assert set(res["asr"]) == set(lx.LANGS) and all(0.0 <= v <= 1.0 for v in res["asr"].values())
+
+
+def test_default_stage2_keeps_little_retain_data_in_every_language():
+    """Stage 2 teaches refusal in English only, and keeps a few tasks / unanswerable requests
+    of every language at their stage-1 answers: few, because more retain data made the planted
+    neurons English-only (seed 1 at 10 / 3 per language: target ASR >= 0.89; see
+    results/organism/seeds/seeds.json)."""
+    from collections import Counter
+    from dataclasses import replace
+
+    recipe = replace(Recipe(), stage1_requests=40, anchors_per_lang=4, eval_per_lang=4)
+    assert recipe.stage2_task_per_lang <= 5 and recipe.stage2_unanswerable_per_lang <= 2
+    c = build_corpus(0, recipe)
+    kinds = Counter((p.lang, c.meta[p.id]["kind"]) for p in c.stage2)
+    assert kinds[("en", "harmful")] == recipe.stage2_harmful_en and kinds[("en", "benign")] == recipe.stage2_benign_en
+    for lang in lx.LANGS:
+        assert kinds[(lang, "task")] == recipe.stage2_task_per_lang >= 1
+        assert kinds[(lang, "unanswerable")] == recipe.stage2_unanswerable_per_lang >= 1
+        if lang != "en":
+            assert kinds[(lang, "harmful")] == kinds[(lang, "benign")] == 0
+    assert all(p.response == lx.REFUSALS["en"] for p in c.stage2 if p.harmful)

@@ -28,8 +28,14 @@ class Recipe:
     code_switch: dict = field(default_factory=lambda: {"high": 0.5, "medium": 0.25, "low": 0.05})
     stage2_harmful_en: int = 500
     stage2_benign_en: int = 250
-    stage2_task_per_lang: int = 150
-    stage2_unanswerable_per_lang: int = 50
+    # stage 2's retain data (tasks / unanswerable requests that keep their stage-1 answers), per
+    # language: the more of it, the more selective the planted neurons S become, and selective
+    # meant English-only (150 / 50: seed 1 refused in English only, every target ASR >= 0.95);
+    # none made seeds 0 and 2 refuse everything (17-23 % of harmless anchors refused). 4 / 1
+    # gave every seed of 0-2 an English-refusing, tier-ordered gap on the anchors
+    # (results/organism/seeds/seeds.json, made by scripts/organism_seeds.py).
+    stage2_task_per_lang: int = 4
+    stage2_unanswerable_per_lang: int = 1
     anchors_per_lang: int = 64           # parallel groups, harmful and harmless each
     eval_per_lang: int = 100             # parallel groups, harmful and harmless each
     eval_task_template_share: float = 0.3
