@@ -244,6 +244,23 @@ def seeds_frame(summary: dict, langs=None) -> pd.DataFrame:
     return df
 
 
+def seed_mechanism_frame(record: dict, lang: str) -> pd.DataFrame:
+    """scripts/organism_seeds.py's seeds.json, one row per seed, for one target language: its
+    unedited ASR and the tier means (%), how strongly the planted set S fires on its harmful
+    prompts relative to English (1 = as in English), the cosine of its mean residual and of its
+    harmful-minus-harmless direction with English's at the planted layer, and the patching
+    ceiling of S (share of the margin gap closed by English's S activations)."""
+    rows = {}
+    for r in record["seeds"]:
+        mech, ceil = r["mechanism"][lang], r["ceiling"][lang]
+        rows[r["seed"]] = {f"{lang} ASR before (%)": 100 * r["asr"][lang],
+                           **{f"{t} tier ASR (%)": 100 * v for t, v in r["tier_mean_asr"].items()},
+                           "S fires (vs English)": mech["s_fire"], "residual cosine": mech["cos_resid"],
+                           "harm-direction cosine": mech["cos_harm_dir"], "S ceiling": ceil["neurons"],
+                           "graded": bool(r["graded"])}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("seed")
+
+
 # ------------------------------------------------------------------ the headline table
 #: The runs the README and the book's intro headline: (label, results folder, how aligned).
 HEADLINE_RUNS = (

@@ -337,3 +337,14 @@ def test_amplification_paired_counts_and_mcnemar_per_language():
     assert f.loc["th", "unsafe p"] == pytest.approx(1.0)
     with pytest.raises(KeyError, match="judged run"):
         report.amplification_paired(rec, low=0.0)
+
+
+def test_seed_mechanism_frame_reads_seeds_json():
+    def seed(k, asr, fire):
+        return {"seed": k, "asr": {"en": 0.0, "th": asr}, "tier_mean_asr": {"high": 0.1, "medium": asr, "low": 0.9},
+                "graded": asr > 0, "mechanism": {"th": {"s_fire": fire, "cos_resid": 0.7, "cos_harm_dir": 0.6}},
+                "ceiling": {"th": {"mlp": 0.9, "neurons": 0.8, "residual": 1.0}}}
+    f = report.seed_mechanism_frame({"seeds": [seed(0, 0.79, 0.27), seed(2, 0.0, 0.5)]}, "th")
+    assert list(f.index) == [0, 2] and f.loc[0, "th ASR before (%)"] == pytest.approx(79.0)
+    assert f.loc[2, "S fires (vs English)"] == 0.5 and not f.loc[2, "graded"] and f.loc[0, "S ceiling"] == 0.8
+    assert f.loc[0, "low tier ASR (%)"] == pytest.approx(90.0)
