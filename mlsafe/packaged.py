@@ -31,7 +31,7 @@ from importlib import metadata, resources
 from pathlib import Path
 
 from mlsafe.errors import UserError
-from mlsafe.results import write_json
+from mlsafe.results import publish_folder, write_json
 
 MANIFEST = "mlsafe_packaged.json"
 _BLOCK = 1 << 20
@@ -229,7 +229,7 @@ def convert(spec: PackagedGGUF, gguf_path: Path, out_dir: Path, progress: bool =
         for f in tmp.iterdir():  # safetensors writes owner-only files; a cache is shared
             os.chmod(f, 0o644)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, out_dir)
+        publish_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -76,6 +76,19 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
+def publish_folder(tmp: str | Path, target: str | Path, marker: str = "config.json") -> None:
+    """Move a fully written temporary folder to `target` in one rename (a cache entry appears
+    whole or not at all). When another process published `target` first (it holds `marker`),
+    keep theirs and delete `tmp`; any other failure removes `tmp` and raises."""
+    tmp, target = Path(tmp), Path(target)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / marker).exists():
+            raise
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 

@@ -103,3 +103,25 @@ def test_write_atomic_replaces_the_file_with_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_publish_folder_keeps_a_concurrent_winner(tmp_path):
+    """Two processes fill the same cache entry: the second rename keeps the first's folder
+    and removes its own temporary folder; a failed rename with no winner still raises."""
+    from mlsafe.results import publish_folder
+
+    target = tmp_path / "entry"
+    first, second = tmp_path / ".entry.a", tmp_path / ".entry.b"
+    for d, tag in ((first, "a"), (second, "b")):
+        d.mkdir()
+        (d / "config.json").write_text(tag)
+    publish_folder(first, target)
+    publish_folder(second, target)
+    assert (target / "config.json").read_text() == "a" and not first.exists() and not second.exists()
+    blocker = tmp_path / "half"
+    (blocker / "sub").mkdir(parents=True)    # a non-empty folder without the marker
+    third = tmp_path / ".half.c"
+    third.mkdir()
+    with pytest.raises(OSError):
+        publish_folder(third, blocker)
+    assert not third.exists()

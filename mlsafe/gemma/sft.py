@@ -33,6 +33,7 @@ from mlsafe.gemma.checkpoint import add_chat_template, gemma_cache, load_gemma, 
 from mlsafe.gemma.data import build_split
 from mlsafe.langs import LANGS
 from mlsafe.prompts import Prompt
+from mlsafe.results import publish_folder
 
 CODE_VERSION = "1"
 END_OF_TURN = "<end_of_turn>"
@@ -177,7 +178,7 @@ def load_or_tune(seed: int = 0, cache_dir=None, progress: bool = True, **overrid
             with open(os.path.join(tmp, "sft_log.json"), "w") as f:
                 json.dump(log, f, indent=1)
             os.chmod(tmp, 0o755)
-            os.replace(tmp, out)
+            publish_folder(tmp, out)   # a concurrent run's tune, if first, is kept
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

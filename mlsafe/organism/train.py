@@ -34,6 +34,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mlsafe.organism.corpus import Corpus, Recipe, build_corpus
 from mlsafe.organism.tokenizer import build_tokenizer, chat_ids, response_ids
+from mlsafe.results import publish_folder
 
 CODE_VERSION = "organism-3"
 VARIANTS = ("sparse", "dense")
@@ -247,12 +248,7 @@ def _save_atomic(folder: Path, model, tok, extra: dict) -> None:
         tok.save_pretrained(tmp)
         for name, obj in extra.items():
             (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process finished first: keep theirs
-            if not (folder / "config.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_folder(tmp, folder)   # another process finished first: keep theirs
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
