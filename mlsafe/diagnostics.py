@@ -32,7 +32,7 @@ import torch
 from mlsafe import arch, neurons, probe, transfer
 from mlsafe import evaluate as ev
 from mlsafe.edit import scaled_neurons
-from mlsafe.evaluate.run import harmful_responses
+from mlsafe.evaluate.run import harmful_responses_and_margins
 from mlsafe.langs import LANGS, SOURCE, TARGETS, parse_targets, target_key
 from mlsafe.prompts import Prompt
 from mlsafe.results import read_json, results_dir, write_json
@@ -204,7 +204,7 @@ def judged_amplification(model, tokenizer, suite, prompts: Sequence[Prompt], neu
                          alphas: Sequence[float], *, seed: int = 0) -> dict:
     """Eq. 1 scored by the suite's judge: for each alpha, a_j of `neurons_by_layer` scaled by
     alpha (`mlsafe.edit.scaled_neurons`, weights restored after each), greedy responses with the
-    suite's generation settings (`mlsafe.evaluate.run.harmful_responses`), the judge's verdicts and
+    suite's generation settings (`mlsafe.evaluate.run.harmful_responses_and_margins`), the judge's verdicts and
     the refusal margin.
 
     Returns {"alphas", "langs", "n": {lang: prompts}, "prompt_ids", "prompt_langs", and per metric
@@ -223,11 +223,10 @@ def judged_amplification(model, tokenizer, suite, prompts: Sequence[Prompt], neu
                  "prompt_ids": [p.id for p in prompts], "prompt_langs": [p.lang for p in prompts],
                  **{k: {lang: [] for lang in langs} for k in keys},
                  "verdicts": {}}
-    margin_kw = dict(refusal_starts=suite.refusal_starts, comply_starts=suite.comply_starts)
     for alpha in alphas:
-        with scaled_neurons(model, neurons_by_layer, alpha):
-            m = ev.mean_by_lang(prompts, ev.language_margins(model, tokenizer, prompts, **margin_kw))
-            responses = harmful_responses(model, tokenizer, suite, prompts)
+        with scaled_neurons(model, neurons_by_layer, alpha):   # margins from the generation's first token
+            responses, margins = harmful_responses_and_margins(model, tokenizer, suite, prompts)
+        m = ev.mean_by_lang(prompts, margins)
         judgments = suite.judge.judge(prompts, responses)
         table = ev.asr_table(prompts, judgments, seed=seed)
         extra = ev.summary_extra(table)

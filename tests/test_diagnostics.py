@@ -160,7 +160,7 @@ def test_amplification_asr_uses_one_layer_and_matches_the_all_layer_set(tiny_run
     for lang in d["langs"]:
         n = d["n"][lang]
         assert n == sum(p.lang == lang for p in prompts) == 2
-        assert d["margin"][lang][1] == pytest.approx(base[lang], abs=1e-9)   # alpha 1: the unedited model
+        assert d["margin"][lang][1] == pytest.approx(base[lang], abs=1e-5)   # alpha 1: the unedited model (fused margins: batch noise)
         assert d["unsafe"][lang][1] == int(table.loc[lang, "unsafe"])
         for k, unsafe in enumerate(d["unsafe"][lang]):
             assert d["asr"][lang][k] == unsafe / n

@@ -169,8 +169,9 @@ def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progr
                 temperature=None, top_p=None, top_k=None,
                 pad_token_id=tokenizer.pad_token_id, **extra,
             )
-            ids = out if first is None else out.sequences
+            ids = out
             if first is not None:
+                ids = out.sequences
                 scored.append(first(out.logits[0]))
             new = ids[:, enc["input_ids"].shape[1]:]
             for row in new.tolist():
