@@ -116,29 +116,22 @@ def planted_block(planted: dict[int, list[int]], sets: dict[int, dict[str, neuro
 
 
 def amplification(model, tokenizer, prompts: Sequence[Prompt], neurons_by_layer: dict[int, torch.Tensor],
-                  alphas: Sequence[float], *, margin_kw: dict, generate_kw: dict | None = None,
-                  judge: ev.Judge | None = None) -> dict:
-    """Eq. 1: refusal margin (and, with a judge, ASR) per language with a_j scaled by each alpha.
+                  alphas: Sequence[float], *, margin_kw: dict) -> dict:
+    """Eq. 1, margins only: the refusal margin per language with a_j scaled by each alpha
+    (`judged_amplification` adds the judge's verdicts).
 
-    Returns {"alphas": [...], "margin": {lang: [per alpha]}, "asr": {lang: [per alpha]} or None}.
+    Returns {"alphas": [...], "margin": {lang: [per alpha]}, "asr": None}.
     """
     if not alphas:
         raise ValueError("alphas is empty; pass e.g. diagnostics.DEFAULT_ALPHAS")
     langs = ev.metrics.lang_order({p.lang for p in prompts})
     margin = {lang: [] for lang in langs}
-    asr = {lang: [] for lang in langs} if judge is not None else None
     for alpha in alphas:
         with scaled_neurons(model, neurons_by_layer, alpha):
             m = ev.mean_by_lang(prompts, ev.language_margins(model, tokenizer, prompts, **margin_kw))
-            if judge is not None:
-                responses = ev.generate(model, tokenizer, [p.text for p in prompts], progress=False,
-                                        **(generate_kw or {}))
-                rates, _ = ev.summary_blocks(ev.asr_table(list(prompts), judge.judge(list(prompts), responses)))
         for lang in langs:
             margin[lang].append(m[lang])
-            if asr is not None:
-                asr[lang].append(rates[lang])
-    return {"alphas": [float(a) for a in alphas], "margin": margin, "asr": asr}
+    return {"alphas": [float(a) for a in alphas], "margin": margin, "asr": None}
 
 
 def edit_layer(out_dir: Path) -> int:
@@ -181,10 +174,11 @@ def run(model_spec: str, lang: str, *, device: str = "cpu", seed: int = 0, data:
     amp_layers = [layer] if amplify == "edit" else layers
     chosen = {k: sets[k][SOURCE].s_safety for k in amp_layers}
     prompts = per_lang(suite.eval_harmful, max_eval_per_lang, seed)
-    amp = amplification(lm.model, lm.tokenizer, prompts, chosen, alphas,
-                        margin_kw=dict(refusal_starts=suite.refusal_starts, comply_starts=suite.comply_starts),
-                        generate_kw=dict(max_new_tokens=suite.max_new_tokens),
-                        judge=suite.judge if with_asr else None)
+    if with_asr:
+        amp = judged_amplification(lm.model, lm.tokenizer, suite, prompts, chosen, alphas, seed=seed)
+    else:
+        amp = amplification(lm.model, lm.tokenizer, prompts, chosen, alphas,
+                            margin_kw=dict(refusal_starts=suite.refusal_starts, comply_starts=suite.comply_starts))
     amp["layers"] = amp_layers
     amp["n_neurons"] = {str(k): int(v.numel()) for k, v in chosen.items()}
     planted = planted_sets(lm.model)
