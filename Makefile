@@ -22,7 +22,7 @@ export LC_ALL := C.UTF-8
 MODEL  ?= organism
 DEVICE ?= cpu
 SEED   ?= 0
-# The edit recipe (mlsafe/presets.py): paper, or best (written to results/<model>/<lang>-best/).
+# The edit recipe (mlsafe/presets.py): paper, best or best-kl (written to results/<model>/<lang>-<preset>/).
 PRESET ?= paper
 # Each model's run policy (seeds, affordable stages, the pip extra with its weights, the
 # chapters it rebuilds) lives in its backend entry in mlsafe/backends.py; the recipe reads it

@@ -38,3 +38,11 @@ def test_a_preset_name_is_registered_once():
     with pytest.raises(ValueError, match="preset 'paper' is already registered"):
         presets.register_preset("paper")(lambda model: {})
     assert presets.resolve("paper", None) == {}
+
+
+def test_best_kl_is_best_with_a_heavier_preservation_weight():
+    model = tiny_model("qwen2")
+    best, kl = presets.resolve("best", model), presets.resolve("best-kl", model)
+    assert kl.pop("gamma") == 50.0 and kl == best
+    assert transfer.EditConfig(targets=["th"], **presets.resolve("best-kl", model)).gamma == 50.0
+    assert run_key(["ja"], "best-kl") == "ja-best-kl"

@@ -24,7 +24,7 @@ def add_arguments(p):
     p.add_argument("--lr", type=float, default=None,
                    help="LoRA learning rate (default: mlsafe.baselines.finetune.default_sft's)")
     p.add_argument("--preset", default="paper",
-                   help="edit recipe of mlsafe.presets for the cost stage (paper or best); a non-paper preset "
+                   help="edit recipe of mlsafe.presets for the cost stage (paper, best or best-kl); a non-paper preset "
                         "writes results/<model>/<lang>-<preset>/ as reproduce does (default: paper)")
 
 

@@ -19,7 +19,7 @@ def add_arguments(p):
     p.add_argument("--rank", default=None, help="rank of the edit, a positive integer (clamped to "
                                                 "min(rank, d_model, n_neurons); the summary records the "
                                                 "effective rank)")
-    p.add_argument("--preset", default="paper", help="edit recipe of mlsafe.presets: paper (default) or best; "
+    p.add_argument("--preset", default="paper", help="edit recipe of mlsafe.presets: paper (default), best or best-kl; "
                                                      "a non-paper preset writes results/<model>/<lang>-<preset>/")
     p.add_argument("--extras", dest="extras", action="store_true", default=None,
                    help="also write the safety-neuron diagnostics and the lab grid (default: the backend's "
