@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -250,6 +252,14 @@ def test_bench_cost_reports_a_consistent_ratio(setup):
     assert res["ratio_seconds"] == pytest.approx(res["train"]["seconds"] / res["edit"]["seconds"])
     assert res["ratio_flops"] == pytest.approx(res["train"]["flops"] / res["edit"]["flops"])
     assert "ratio training / edit" in bench.format_report(res)
+    # the harmless side, recorded beside each point: KL >= 0 (and > 0: both change weights)
+    assert all(c["harmless_kl"] > 0 and math.isfinite(c["harmless_margin_gain"]) for c in res["curve"])
+    assert res["edit"]["harmless_kl"] > 0 and res["train"]["harmless_kl"] == last["harmless_kl"]
+    e = res["edit"]
+    assert e["seconds_layer_given"] == pytest.approx(sum(e["stage_seconds"][k] for k in ("statistics", "neurons", "solve")))
+    assert 0 < e["seconds_layer_given"] <= e["seconds"]
+    assert res["ratio_seconds_layer_given"] == pytest.approx(res["train"]["seconds"] / e["seconds_layer_given"])
+    assert "with the edit's layer given" in bench.format_report(res)
     with pytest.raises(ValueError, match="increasing"):
         bench.bench_cost(lm, suite, ["th"], schedule=(4, 2))
 
