@@ -123,6 +123,29 @@ def shift_frame(record: Mapping, modules: Sequence[str] = ("gate", "up")) -> pd.
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def format_frame(record: Mapping) -> pd.DataFrame:
+    """Lead 3 of lead3.json's `measurement`, one row per layer: the paper's S (English harmful vs
+    PolyRefuse harmless anchors), S_near (English harmful vs XSTest-safe near-misses), their
+    overlap, the share of S that S_near lacks (``format share``: separates harmful prompts from
+    ordinary harmless ones but not from ones that only look harmful) and where the near-misses'
+    mean sits on S between the harmless (0) and harmful (1) means (median over S)."""
+    rows = {}
+    for layer, v in record["measurement"].items():
+        rows[int(layer)] = {"|S|": v["s_std"], "|S_near|": v["s_near"], "|S & S_near|": v["s_both"],
+                            "format share": v["format_share"],
+                            "near-miss position (median)": v.get("near_position", {}).get("median", float("nan"))}
+    return pd.DataFrame.from_dict(rows, orient="index").sort_index().rename_axis("layer")
+
+
+def near_miss_frame(record: Mapping) -> pd.DataFrame:
+    """trials_frame of lead3.json with each trial's mean refusal-margin gain and first-token KL
+    on the validation near-misses (an over-refusal proxy; no generation)."""
+    f = trials_frame(record)
+    f["near_miss_gain"] = [t.get("near_miss_margin_gain", float("nan")) for t in record["trials"]]
+    f["near_miss_kl"] = [t.get("near_miss_first_token_kl_mean", float("nan")) for t in record["trials"]]
+    return f
+
+
 def share_of_target_gap(record: Mapping, gain: float) -> float:
     """A validation margin gain as a share of the validation gap (English margin - target margin)."""
     before = record["before"]

@@ -102,6 +102,33 @@ def overlap_matrix(sets: dict[str, Tensor]) -> tuple[list[str], Tensor]:
     return langs, out
 
 
+def contrast_overlap(sets_a: NeuronSets, sets_b: NeuronSets, harmful: MomentsLike, harmless_a: MomentsLike,
+                     harmless_b: MomentsLike) -> dict:
+    """How much of one safety set survives a change of the harmless contrast (issue 13's lead 3).
+
+    sets_a = S(harmful vs harmless_a), sets_b = S(harmful vs harmless_b), the same harmful
+    moments. Returns the sizes of S_a, S_b and S_a & S_b, ``format_share`` = |S_a - S_b| / |S_a|
+    (the part of S_a that separates harmful prompts from harmless_a's kind but not from
+    harmless_b's), their Jaccard overlap, the share of the layer with Cohen's d > 1 under each
+    contrast, and ``near_position``: per neuron of S_a, (mean_b - mean_a) / (mean_harmful - mean_a),
+    where harmless_b's mean sits between harmless_a's (0) and the harmful mean (1); its median,
+    its mean (clamped to [-5, 5]) and the share above 1/2."""
+    s_a, s_b = sets_a.s_safety, sets_b.s_safety
+    both = set(s_a.tolist()) & set(s_b.tolist())
+    row = {"d_ff": int(sets_a.delta.numel()), "s_std": int(s_a.numel()), "s_near": int(s_b.numel()),
+           "s_both": len(both), "format_share": 1.0 - len(both) / s_a.numel() if s_a.numel() else None,
+           "jaccard": jaccard(s_a, s_b),
+           "cohens_d_gt1_share": {"std": float((sets_a.cohens_d > 1).double().mean()),
+                                  "near": float((sets_b.cohens_d > 1).double().mean())}}
+    if s_a.numel():
+        mh, ma, mb = (_vec(m.mean, name)[s_a] for m, name in
+                      ((harmful, "harmful"), (harmless_a, "harmless_a"), (harmless_b, "harmless_b")))
+        pos = (mb - ma) / (mh - ma)
+        row["near_position"] = {"median": float(pos.median()), "mean": float(pos.clamp(-5, 5).mean()),
+                                "share_above_half": float((pos > 0.5).double().mean())}
+    return row
+
+
 def random_like(s: Tensor, d_ff: int, generator: torch.Generator | int, *,
                 disjoint: bool = False) -> Tensor:
     """A random sorted set of len(s) distinct neurons in [0, d_ff) (the random-neuron control).

@@ -35,51 +35,17 @@ Writes results/<model>/search/lead3.json atomically after every trial. Rerun:
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from pathlib import Path
 
 import torch
 
 from mlsafe import neurons, presets, probe, transfer, trials
-from mlsafe.data.real import data_root, drop_overlapping, load_xstest
+from mlsafe.data.real import data_root, held_aside_xstest
 from mlsafe.edit import fingerprint
 from mlsafe.evaluate.kl import first_token_kl_per_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def held_aside_near_misses(root: Path, eval_prompts, seed: int) -> tuple[list, list, dict]:
-    """(fit, val, info): XSTest-safe prompts the evaluation does not sample, without any whose
-    5-grams overlap an evaluation prompt, shuffled with `seed` and cut in halves."""
-    everything = load_xstest(root, "safe")
-    used = {p.id for p in eval_prompts}
-    pool = [p for p in everything if p.id not in used]
-    kept, _ = drop_overlapping(pool, eval_prompts)
-    kept = sorted(kept, key=lambda p: p.id)
-    random.Random(seed).shuffle(kept)
-    half = len(kept) // 2
-    info = {"xstest_safe": len(everything), "in_evaluation": len(everything) - len(pool), "held_aside": len(pool),
-            "dropped_overlap": len(pool) - len(kept), "fit": half, "val": len(kept) - half}
-    return kept[:half], kept[half:], info
-
-
-def format_measurement(sets_std: neurons.NeuronSets, sets_near: neurons.NeuronSets, harm, safe, near) -> dict:
-    """Lead 3's numbers at one layer (see the module docstring); harm, safe, near are Moments."""
-    s_std, s_near = sets_std.s_safety, sets_near.s_safety
-    both = sorted(set(s_std.tolist()) & set(s_near.tolist()))
-    row = {"d_ff": int(sets_std.delta.numel()), "s_std": int(s_std.numel()), "s_near": int(s_near.numel()),
-           "s_both": len(both),
-           "format_share": 1.0 - len(both) / s_std.numel() if s_std.numel() else None,
-           "jaccard": neurons.jaccard(s_std, s_near),
-           "cohens_d_gt1_share": {"std": float((sets_std.cohens_d > 1).double().mean()),
-                                  "near": float((sets_near.cohens_d > 1).double().mean())}}
-    if s_std.numel():
-        mh, ms, mn = (m.mean.to(torch.float64)[s_std] for m in (harm, safe, near))
-        pos = (mn - ms) / (mh - ms)
-        row["near_position"] = {"median": float(pos.median()), "mean": float(pos.clamp(-5, 5).mean()),
-                                "share_above_half": float((pos > 0.5).double().mean())}
-    return row
 
 
 def main() -> None:
@@ -97,8 +63,8 @@ def main() -> None:
     targets = args.lang.split(",")
     recipe = presets.resolve("paper", lm.model)
     cfg = transfer.EditConfig(targets=targets, seed=args.seed, **recipe)
-    fit_near, val_near, info = held_aside_near_misses(data_root(args.data), suite.eval_harmful + suite.eval_harmless,
-                                                      args.seed)
+    fit_near, val_near, info = held_aside_xstest(data_root(args.data), suite.eval_harmful + suite.eval_harmless,
+                                                 args.seed)
     layers = sorted(cached)
     near_moments = probe.collect(lm.model, lm.tokenizer, transfer.chat_texts(lm.tokenizer, fit_near), layers,
                                  position=cfg.position, what=("activations",))
@@ -109,7 +75,7 @@ def main() -> None:
         near = near_moments[layer]["activations"]
         sets[layer] = (neurons.safety_neurons_from_moments(c.acts_harm, c.acts_safe, **taus),
                        neurons.safety_neurons_from_moments(c.acts_harm, near, **taus))
-        measurement[str(layer)] = format_measurement(*sets[layer], c.acts_harm, c.acts_safe, near)
+        measurement[str(layer)] = neurons.contrast_overlap(*sets[layer], c.acts_harm, c.acts_safe, near)
         print(f"layer {layer}: {trials.brief(measurement[str(layer)])}", flush=True)
 
     out = Path(args.out) if args.out else ROOT / "results" / args.model / "search"

@@ -152,3 +152,20 @@ def test_goal_rows_of_an_older_summary_come_from_its_blocks():
     assert rows["non_refusal"]["gap_closed"] == pytest.approx(0.2 / 0.6)
     assert math.isnan(rows["non_refusal"]["control_gap_closed"])   # the old control kept no non-refusal
     assert rows["margin"]["gap_closed"] == pytest.approx(1 / 3) and rows["margin"]["vs_control"] == pytest.approx(5.0)
+
+
+def test_format_and_near_miss_frames_read_lead3():
+    rec = {"before": {"target": 1.0, "harmless": -0.5, "source": 3.0, "near_miss": -0.2},
+           "measurement": {"19": {"s_std": 40, "s_near": 30, "s_both": 10, "format_share": 0.75,
+                                  "near_position": {"median": 0.6}},
+                           "17": {"s_std": 20, "s_near": 10, "s_both": 10, "format_share": 0.5}},
+           "trials": [{"lead": "lead3", "layers": [17], "neurons": "S_std", "val_gain_harmful": 0.4,
+                       "val_gain_harmless": 0.1, "val_gain_source": 0.0, "score": 0.3, "first_token_kl_mean": 0.01,
+                       "n_neurons": 20, "fraction_of_parameters": 0.001, "near_miss_margin_gain": 0.05,
+                       "near_miss_first_token_kl_mean": 0.02}]}
+    f = limits.format_frame(rec)
+    assert list(f.index) == [17, 19] and f.loc[19, "format share"] == pytest.approx(0.75)
+    assert math.isnan(f.loc[17, "near-miss position (median)"]) and f.loc[19, "|S & S_near|"] == 10
+    t = limits.near_miss_frame(rec)
+    assert t.loc[0, "share_of_gap"] == pytest.approx(0.2) and t.loc[0, "near_miss_gain"] == pytest.approx(0.05)
+    assert t.loc[0, "near_miss_kl"] == pytest.approx(0.02)

@@ -135,3 +135,20 @@ def test_probe_neurons_find_the_informative_neurons():
         neurons.probe_neurons(harm, safe, 31)
     with pytest.raises(ValueError, match="shape mismatch"):
         neurons.probe_neurons(harm, safe[:, :29], 2)
+
+
+def test_contrast_overlap_on_hand_made_moments():
+    mom = lambda mean: SimpleNamespace(mean=torch.tensor(mean, dtype=torch.float64),  # noqa: E731
+                                       var=torch.ones(len(mean), dtype=torch.float64), n=20)
+    harm = mom([3.0, 3.0, 0.0, 0.0])
+    safe_a = mom([0.0, 0.0, 0.0, 0.0])       # neurons 0, 1 separate harmful from these (d = 3)
+    safe_b = mom([3.0, 0.0, 0.0, 0.0])       # neuron 0 fires on the near-misses as on harmful prompts
+    a = neurons.safety_neurons_from_moments(harm, safe_a, tau_mag=10.0, tau_stat=1.0)
+    b = neurons.safety_neurons_from_moments(harm, safe_b, tau_mag=10.0, tau_stat=1.0)
+    assert a.s_safety.tolist() == [0, 1] and b.s_safety.tolist() == [1]
+    row = neurons.contrast_overlap(a, b, harm, safe_a, safe_b)
+    assert (row["s_std"], row["s_near"], row["s_both"]) == (2, 1, 1)
+    assert row["format_share"] == pytest.approx(0.5) and row["jaccard"] == pytest.approx(0.5)
+    assert row["near_position"]["median"] in (0.0, 1.0) and row["near_position"]["mean"] == pytest.approx(0.5)
+    assert row["near_position"]["share_above_half"] == pytest.approx(0.5)
+    assert row["cohens_d_gt1_share"] == {"std": 0.5, "near": 0.25}

@@ -4,6 +4,7 @@ duplicates, and the real-model suite on a tiny model with fixture data."""
 
 from __future__ import annotations
 
+import dataclasses
 import csv
 import io
 import json
@@ -463,3 +464,16 @@ def test_real_model_suite_keeps_rows_the_model_refuses_in_english(tiny_lm, tmp_p
 if __name__ == "__main__":
     shutil.rmtree(FIX, ignore_errors=True)
     write_shared_fixtures(FIX)
+
+
+def test_held_aside_xstest_leaves_out_the_evaluation_and_its_near_duplicates():
+    safe = real.load_xstest(FIX, "safe")                      # 6 prompts
+    used = safe[:2]
+    copy = dataclasses.replace(safe[2], id="eval-copy", text=safe[2].text)   # an evaluation prompt equal to one
+    fit, val, info = real.held_aside_xstest(FIX, used + [copy], seed=0)
+    ids = {p.id for p in fit + val}
+    assert not ids & {p.id for p in used} and safe[2].id not in ids
+    assert info == {"xstest_safe": 6, "in_evaluation": 2, "held_aside": 4, "dropped_overlap": 1, "fit": 1, "val": 2}
+    assert not {p.id for p in fit} & {p.id for p in val}
+    again = real.held_aside_xstest(FIX, used + [copy], seed=0)
+    assert [p.id for p in again[0] + again[1]] == [p.id for p in fit + val]   # seeded

@@ -634,6 +634,23 @@ def anchor_sets(root: Path, seed: int, *, max_anchors: int | None = None, max_ha
             harmless if max_harmless is None else cap(harmless, max_harmless))
 
 
+def held_aside_xstest(root: Path, eval_prompts: Sequence[Prompt], seed: int) -> tuple[list[Prompt], list[Prompt], dict]:
+    """(fit, val, info): the XSTest-safe prompts an evaluation does not use (not in `eval_prompts`
+    by id, no exact or near 5-gram duplicate of one: drop_overlapping), sorted by id, shuffled
+    with `seed` and cut in halves (issue 13's lead 3: near-misses in form that are not evaluated).
+    info: counts of the pool, the evaluation's share, what was held aside and dropped, each half."""
+    everything = load_xstest(root, "safe")
+    used = {p.id for p in eval_prompts}
+    pool = [p for p in everything if p.id not in used]
+    kept, _ = drop_overlapping(pool, eval_prompts)
+    kept = sorted(kept, key=lambda p: p.id)
+    random.Random(seed).shuffle(kept)
+    half = len(kept) // 2
+    info = {"xstest_safe": len(everything), "in_evaluation": len(everything) - len(pool), "held_aside": len(pool),
+            "dropped_overlap": len(pool) - len(kept), "fit": half, "val": len(kept) - half}
+    return kept[:half], kept[half:], info
+
+
 def drop_overlapping(anchors: Sequence[Prompt], eval_prompts: Sequence[Prompt], *, n: int = 5,
                      threshold: float = 0.8) -> tuple[list[Prompt], dict]:
     """Anchors without every parallel_id that has an exact or near duplicate (overlap_report)
