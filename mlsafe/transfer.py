@@ -268,13 +268,23 @@ def collect_stats(model, tokenizer, anchors: Anchors, cfg: EditConfig, layers: S
 
 def predicted_gap_closed(model, edit: SparseEdit, st: _LayerStats) -> float:
     """Closed-form fraction of the validation pairs' safety gap the edit closes at its layer:
-    1 - sum_modules ||X_low dW - D_S||^2 / sum_modules ||D_S||^2, with D_S = (X_en - X_low) W_S
-    (eq. 4's first term on held-out pairs; the MLP inputs at the edited layer do not depend
-    on the edit, so this equals what the edited model shows on those pairs' pre-activations).
-    Needs ``st.val`` (collect_stats(..., validation_pairs=True))."""
+    :func:`gap_closed` on ``st.val`` (the MLP inputs at the edited layer do not depend on the
+    edit, so this equals what the edited model shows on those pairs' pre-activations). Needs
+    ``st.val`` (collect_stats(..., validation_pairs=True))."""
     if st.val is None:
         raise ValueError("no validation-pair statistics: collect_stats(..., validation_pairs=True)")
-    xtx, xty, yty = (t.cpu() for t in (st.val.xtx, st.val.xty, st.val.yty))
+    return gap_closed(model, edit, st.val)
+
+
+def gap_closed(model, edit: SparseEdit, pairs: probe.Gram) -> float:
+    """1 - sum_modules ||X_low dW - D_S||^2 / sum_modules ||D_S||^2 over the pairs of `pairs`
+    (a Gram of target rows X_low against English rows X_en with Y^T Y), D_S = (X_en - X_low) W_S:
+    eq. 4's first term relative to the target's energy, i.e. the fit's (uncentred) R^2 on those
+    pairs' pre-activations; on the fit pairs (``st.paired``) it is the in-sample R^2, on
+    validation pairs the held-out one."""
+    if pairs.yty is None:
+        raise ValueError("the pair Gram holds no X_en^T X_en: collect it with with_yty (stats_pass='fused')")
+    xtx, xty, yty = (t.cpu() for t in (pairs.xtx, pairs.xty, pairs.yty))
     xte = xty - xtx                                          # X_low^T (X_en - X_low)
     ete = yty - xty - xty.T + xtx                            # (X_en - X_low)^T (X_en - X_low)
     resid = gap = 0.0

@@ -186,6 +186,16 @@ def test_predicted_gap_closed_equals_the_gap_the_edited_model_closes(tiny_lm):
     assert predicted == pytest.approx(1.0 - resid / gap, rel=1e-4, abs=1e-5)
     with pytest.raises(ValueError, match="validation_pairs=True"):
         transfer.predicted_gap_closed(model, edit, transfer.collect_stats(model, tok, anchors, cfg, [1])[1])
+    # the same quantity on the fit pairs: the in-sample R^2
+    fit_r2 = transfer.gap_closed(model, edit, st.paired)
+    fit_low, fit_src = transfer.parallel_pairs(anchors.fit_harmful, cfg.source, cfg.targets)
+    targets = {mod: rows(fit_src, mod) for mod in cfg.modules}
+    gap = sum(float(((rows(fit_low, mod) - targets[mod]) ** 2).sum()) for mod in cfg.modules)
+    with edit.applied(model):
+        resid = sum(float(((rows(fit_low, mod) - targets[mod]) ** 2).sum()) for mod in cfg.modules)
+    assert fit_r2 == pytest.approx(1.0 - resid / gap, rel=1e-4, abs=1e-5) and fit_r2 > 0
+    with pytest.raises(ValueError, match="with_yty"):
+        transfer.gap_closed(model, edit, probe.Gram())
 
 
 def test_predicted_layer_selection_confirms_the_top_candidates_by_margins(tiny_lm):
