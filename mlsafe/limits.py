@@ -146,6 +146,24 @@ def near_miss_frame(record: Mapping) -> pd.DataFrame:
     return f
 
 
+def r2_frame(record: Mapping) -> pd.DataFrame:
+    """fit_trials.json's `r2`: per edit (neurons, gamma), the share of the target energy the fit
+    explains (transfer.gap_closed) on the fit pairs and on the validation pairs."""
+    return pd.DataFrame([{"neurons": r["neurons"], "n_neurons": r["n_neurons"], "gamma": r["gamma"],
+                          "R2 fit pairs": r["r2_fit"],
+                          "R2 validation pairs": float("nan") if r["r2_val"] is None else r["r2_val"]}
+                         for r in record["r2"]]).set_index("neurons")
+
+
+def decision_frame(record: Mapping) -> pd.DataFrame:
+    """trials_frame of fit_trials.json indexed by the weight of the decision-position rows in
+    X_safe (1: the recipe as it is), with their share of X_safe's rows."""
+    f = trials_frame(record)
+    f.insert(0, "decision weight", [t["decision_weight"] for t in record["trials"]])
+    f.insert(1, "decision share", [t["decision_share"] for t in record["trials"]])
+    return f.set_index("decision weight")
+
+
 def share_of_target_gap(record: Mapping, gain: float) -> float:
     """A validation margin gain as a share of the validation gap (English margin - target margin)."""
     before = record["before"]

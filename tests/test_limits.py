@@ -169,3 +169,20 @@ def test_format_and_near_miss_frames_read_lead3():
     t = limits.near_miss_frame(rec)
     assert t.loc[0, "share_of_gap"] == pytest.approx(0.2) and t.loc[0, "near_miss_gain"] == pytest.approx(0.05)
     assert t.loc[0, "near_miss_kl"] == pytest.approx(0.02)
+
+
+def test_r2_and_decision_frames_read_fit_trials():
+    base = {"layers": [17], "neurons": "gap1024", "gamma": 1.0, "val_gain_harmful": 0.8, "val_gain_harmless": 0.0,
+            "val_gain_source": 0.0, "score": 0.8, "first_token_kl_mean": 0.3, "n_neurons": 1024,
+            "fraction_of_parameters": 0.003}
+    rec = {"before": {"target": 1.0, "harmless": -0.5, "source": 3.0},
+           "r2": [{"neurons": "S (paper)", "n_neurons": 424, "gamma": 1.0, "r2_fit": 0.78, "r2_val": 0.69},
+                  {"neurons": "gap1024", "n_neurons": 1024, "gamma": 1.0, "r2_fit": 0.87, "r2_val": None}],
+           "trials": [{**base, "decision_weight": 1.0, "decision_share": 0.04},
+                      {**base, "decision_weight": 10.0, "decision_share": 0.3, "val_gain_harmful": 0.4}]}
+    r = limits.r2_frame(rec)
+    assert r.loc["S (paper)", "R2 validation pairs"] == pytest.approx(0.69)
+    assert math.isnan(r.loc["gap1024", "R2 validation pairs"])
+    d = limits.decision_frame(rec)
+    assert list(d.index) == [1.0, 10.0] and d.loc[10.0, "share_of_gap"] == pytest.approx(0.2)
+    assert d.loc[10.0, "decision share"] == pytest.approx(0.3)
