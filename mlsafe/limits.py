@@ -216,8 +216,9 @@ def goal_rows(summary: Mapping) -> dict[str, dict[str, float]]:
         by = gap_closed_by({k: summary[k]["before"] for k in ("non_refusal", "margin")},
                            {k: summary[k]["after"] for k in ("non_refusal", "margin")}, rc, summary["target_langs"])
     by = {"asr": summary["gap_closed"], **by}
-    pooled = (rc.get("compare_edit_vs_random") or [{}])[0].get("pooled") or {}
-    p = {"asr": pooled.get("mcnemar_p"), "non_refusal": pooled.get("mcnemar_p"),
+    pooled = lambda key: ((rc.get(key) or [{}])[0].get("pooled") or {}).get("mcnemar_p")  # noqa: E731
+    # non-refusal's own paired test where the run recorded it (older runs: NaN, not ASR's)
+    p = {"asr": pooled("compare_edit_vs_random"), "non_refusal": pooled("compare_non_refusal_edit_vs_random"),
          "margin": (rc.get("margin_edit_vs_random") or {}).get("p_value")}
     xstest = xstest_change_pts(summary)
     util = summary.get("utility", {})

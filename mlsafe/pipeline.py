@@ -246,7 +246,7 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
     edit_j = [j for p, j in zip(after.harmful, after.judgments) if p.lang in targets]
     edit_m = [float(m) for p, m in zip(after.harmful, after.margins.tolist()) if p.lang in targets]
     margin = margin_fn(suite, lm.tokenizer)
-    asrs, non_refusals, compares, margins, per_prompt = [], [], [], [], []
+    asrs, non_refusals, compares, compares_nr, margins, per_prompt = [], [], [], [], [], []
     draws = random_control_sets(edit.neurons, arch.d_ff(lm.model), seed, n_random, disjoint=True)
     for k, idx in enumerate(draws):
         # the model is unedited here, so its fingerprint at this layer is the edit's own base
@@ -259,6 +259,10 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
                 non_refusals.append(non_refusal)
                 # diff = control - edit: positive means the edit leaves fewer unsafe answers
                 compares.append(ev.compare(prompts, edit_j, judgments, seed=seed, pooled=list(targets)))
+                # the same on non-refusal (refusal is False), the verdict the non-refusal gap reads
+                compares_nr.append(ev.compare(prompts, [j.refusal is False for j in edit_j],
+                                              [j.refusal is False for j in judgments], seed=seed,
+                                              pooled=list(targets)))
             else:
                 m = margin(lm.model, harmful_t)
             margins.append(ev.mean_by_lang(harmful_t, m))
@@ -271,7 +275,7 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
     return {"asr": mean(asrs), "non_refusal": mean(non_refusals), "margin": mean(margins), "draws": n_random,
             "asr_draws": len(asrs), "disjoint": True,
             "per_draw": {"asr": asrs, "non_refusal": non_refusals, "margin": margins},
-            "compare_edit_vs_random": compares,
+            "compare_edit_vs_random": compares, "compare_non_refusal_edit_vs_random": compares_nr,
             # diff = edit - control margin (nats), over every target prompt; p: paired bootstrap
             "margin_edit_vs_random": margin_compare}
 

@@ -68,6 +68,7 @@ def _summary(targets=("ja", "th")):
     return {"target_langs": list(targets), "gap_closed": gap(None, None),
             "gap_closed_by": {"non_refusal": gap(0.6, 0.2), "margin": gap(0.5, 0.05)},
             "edit": {"random_control": {"compare_edit_vs_random": [{"pooled": {"mcnemar_p": 0.004}}],
+                                        "compare_non_refusal_edit_vs_random": [{"pooled": {"mcnemar_p": 0.002}}],
                                         "margin_edit_vs_random": {"p_value": 0.0005}}},
             "over_refusal_by_source": {"before": {"xstest-safe": 0.30}, "after": {"xstest-safe": 0.32}},
             "utility": {"before": {"en": 0.5, "ja": 0.3}, "after": {"en": 0.48, "ja": 0.3}},
@@ -77,7 +78,11 @@ def _summary(targets=("ja", "th")):
 def test_goal_rows_and_frame():
     rows = limits.goal_rows(_summary())
     nr = rows["non_refusal"]
-    assert nr["gap_closed"] == 0.6 and nr["vs_control"] == pytest.approx(3.0) and nr["p_vs_control"] == 0.004
+    assert nr["gap_closed"] == 0.6 and nr["vs_control"] == pytest.approx(3.0) and nr["p_vs_control"] == 0.002
+    assert rows["asr"]["p_vs_control"] == 0.004     # each measure its own paired test
+    old = _summary()
+    del old["edit"]["random_control"]["compare_non_refusal_edit_vs_random"]
+    assert math.isnan(limits.goal_rows(old)["non_refusal"]["p_vs_control"])   # not ASR's test
     assert nr["xstest_over_refusal_pts"] == pytest.approx(2.0) and nr["utility_pts"] == pytest.approx(-1.0)
     assert nr["harmless_kl"] == pytest.approx(0.05) and nr["harmless_kl_targets"] == pytest.approx(0.09)
     assert rows["margin"]["vs_control"] == pytest.approx(10.0) and rows["margin"]["p_vs_control"] == 0.0005

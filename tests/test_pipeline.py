@@ -39,6 +39,8 @@ def test_reproduce_writes_the_common_schema(tiny_dir, tmp_path, monkeypatch):
     mc = rc["margin_edit_vs_random"]   # edit - mean control margin, prompt by prompt
     assert mc["diff"] == pytest.approx(s["margin"]["after"]["th"] - rc["margin"]["th"], abs=1e-6)
     assert mc["ci"][0] <= mc["diff"] <= mc["ci"][1] and 0 < mc["p_value"] <= 1
+    nrc = rc["compare_non_refusal_edit_vs_random"][0]["per_lang"]["th"]   # its own paired test, per prompt
+    assert nrc["after"] == pytest.approx(rc["non_refusal"]["th"]) and 0 < nrc["mcnemar_p"] <= 1
     assert set(s["gap_closed_by"]) == {"non_refusal", "margin"}
     t = s["timing"]
     assert 0 < t["fit_seconds"] and 0 < t["evaluate_seconds"] and 0 < t["load_seconds"]
