@@ -156,12 +156,12 @@ def r2_frame(record: Mapping) -> pd.DataFrame:
 
 
 def decision_frame(record: Mapping) -> pd.DataFrame:
-    """trials_frame of fit_trials.json indexed by the weight of the decision-position rows in
-    X_safe (1: the recipe as it is), with their share of X_safe's rows."""
+    """trials_frame of fit_trials.json indexed by (gamma, the weight of the decision-position rows
+    in X_safe; 1: the recipe as it is), with their share of X_safe's rows."""
     f = trials_frame(record)
     f.insert(0, "decision weight", [t["decision_weight"] for t in record["trials"]])
     f.insert(1, "decision share", [t["decision_share"] for t in record["trials"]])
-    return f.set_index("decision weight")
+    return f.set_index(["gamma", "decision weight"])
 
 
 def share_of_target_gap(record: Mapping, gain: float) -> float:
@@ -189,8 +189,9 @@ GOALS = {
     "utility_pts": (">=", -2.0),         # MGSM accuracy change
 }
 #: The gap's three measures: judged harmful ASR (evaluate.metrics.gap_closed), judged non-refusal
-#: rate and refusal margin (evaluate.metrics.gap_closed_by); p from McNemar on the unsafe verdicts
-#: (pooled targets) for the two judged ones, from the paired bootstrap of margins for the margin.
+#: rate and refusal margin (evaluate.metrics.gap_closed_by); p from McNemar (pooled targets) on the
+#: unsafe verdicts for ASR and on the non-refusal verdicts for non-refusal (runs that recorded it),
+#: from the paired bootstrap of margins for the margin.
 GAP_MEASURES = ("asr", "non_refusal", "margin")
 
 

@@ -10,8 +10,8 @@
    decision position (the last prompt token, where the refusal margin is read) is a few percent
    of its rows. Weighting those rows w times (X_safe^T X_safe + (w - 1) X_dec^T X_dec, rows
    counted N_safe + (w - 1) N_dec, so the normalised Gram stays a mean) asks the edit to leave
-   harmless decisions alone more than harmless continuations; each w is one validation trial
-   of the best recipe (mlsafe.trials.search_trial).
+   harmless decisions alone more than harmless continuations; each (gamma, w) is one
+   validation trial of the best recipe's neurons (mlsafe.trials.search_trial).
 
 Writes results/<model>/search/fit_trials.json atomically after every trial. Rerun:
     OMP_NUM_THREADS=2 .venv/bin/python scripts/fit_trials.py qwen2.5-coder-0.5b \\
@@ -41,12 +41,15 @@ def weighted_safe(st, x_dec, w: float):
 def main() -> None:
     ap = argparse.ArgumentParser()
     trials.add_search_arguments(ap, what="fit_trials.json")
-    ap.add_argument("--weights", default="10,30", help="decision-row weights w of part 2")
+    ap.add_argument("--weights", default="10,30,100,300", help="decision-row weights w of part 2")
+    ap.add_argument("--gammas", default="1,10", help="preservation weights of part 2, each with every w")
     args = ap.parse_args()
     try:
         weights = [float(v) for v in args.weights.split(",")]
+        gammas = [float(v) for v in args.gammas.split(",")]
     except ValueError:
-        raise SystemExit(f"--weights: give comma-separated numbers, got {args.weights!r}") from None
+        raise SystemExit(f"--weights / --gammas: give comma-separated numbers, got {args.weights!r} / "
+                         f"{args.gammas!r}") from None
     if any(w < 1 for w in weights):
         raise SystemExit(f"--weights: each w must be >= 1 (1 is the recipe as it is), got {args.weights!r}")
     t0 = time.perf_counter()
@@ -62,7 +65,7 @@ def main() -> None:
     fp = fingerprint(model, args.layer)
     out = Path(args.out) if args.out else ROOT / "results" / args.model / "search"
     command = (f"OMP_NUM_THREADS=2 .venv/bin/python scripts/fit_trials.py {args.model} --data {args.data} "
-               f"--lang {args.lang} --layer {args.layer} --weights {args.weights} --stats-cache {args.stats_cache}")
+               f"--lang {args.lang} --layer {args.layer} --weights {args.weights} --gammas {args.gammas} --stats-cache {args.stats_cache}")
     log = trials.TrialLog(out / "fit_trials.json", {
         "model": args.model, "targets": targets, "layer": args.layer, "recipe": recipe, "rank": best.rank,
         "modules": list(best.modules), "lam": best.lam, "seed": args.seed, "command": command,
@@ -89,17 +92,19 @@ def main() -> None:
     x_dec = transfer.prompt_inputs(model, lm.tokenizer, conversations, args.layer, best)
     log.header["decision_rows"] = {"n_dec": int(x_dec.shape[0]), "n_safe": int(st.safe.n),
                                    "share": x_dec.shape[0] / st.safe.n, "seconds": time.perf_counter() - t}
-    for w in [1.0] + weights:
-        st_w = st if w == 1.0 else weighted_safe(st, x_dec, w)
-        t = time.perf_counter()
-        e = transfer.build_edit(model, args.layer, gap_idx, st_w, best, base_fingerprint=fp)
-        row = trials.search_trial(search, [e], gap=search.gap, layers=[args.layer], neurons=f"gap{best.neuron_k}",
-                                  gamma=best.gamma, decision_weight=w,
-                                  decision_share=w * x_dec.shape[0] / (st.safe.n + (w - 1) * x_dec.shape[0]),
-                                  solve_seconds=time.perf_counter() - t)
-        row["objective"] = row["score"] - row["first_token_kl_mean"]
-        row["r2_fit"] = transfer.gap_closed(model, e, st.paired)
-        log.add(row)
+    for gamma in gammas:
+        cfg = transfer.EditConfig(**{**best.__dict__, "gamma": gamma})
+        for w in [1.0] + weights:
+            st_w = st if w == 1.0 else weighted_safe(st, x_dec, w)
+            t = time.perf_counter()
+            e = transfer.build_edit(model, args.layer, gap_idx, st_w, cfg, base_fingerprint=fp)
+            row = trials.search_trial(search, [e], gap=search.gap, layers=[args.layer],
+                                      neurons=f"gap{best.neuron_k}", gamma=gamma, decision_weight=w,
+                                      decision_share=w * x_dec.shape[0] / (st.safe.n + (w - 1) * x_dec.shape[0]),
+                                      solve_seconds=time.perf_counter() - t)
+            row["objective"] = row["score"] - row["first_token_kl_mean"]
+            row["r2_fit"] = transfer.gap_closed(model, e, st.paired)
+            log.add(row)
     log.finish()
     print(f"wrote {log.path}")
 

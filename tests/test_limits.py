@@ -189,5 +189,5 @@ def test_r2_and_decision_frames_read_fit_trials():
     assert r.loc["S (paper)", "R2 validation pairs"] == pytest.approx(0.69)
     assert math.isnan(r.loc["gap1024", "R2 validation pairs"])
     d = limits.decision_frame(rec)
-    assert list(d.index) == [1.0, 10.0] and d.loc[10.0, "share_of_gap"] == pytest.approx(0.2)
-    assert d.loc[10.0, "decision share"] == pytest.approx(0.3)
+    assert list(d.index) == [(1.0, 1.0), (1.0, 10.0)] and d.loc[(1.0, 10.0), "share_of_gap"] == pytest.approx(0.2)
+    assert d.loc[(1.0, 10.0), "decision share"] == pytest.approx(0.3)
