@@ -82,8 +82,8 @@ RUN_ARGS = --model $(MODEL) --lang $(TARGET_LANG) --seed $(SEED) --device $(DEVI
 # The cost ratios of issue 17 (scripts/bench.py; results/bench/bench.json): edit vs training
 # first (cost.json), then solve/floor, fit/forward, fit memory and the real model's fit.
 bench: $(VENV_STAMP)
-	$(PY) -m mlsafe baselines $(RUN_ARGS) --only cost
-	$(PY) scripts/bench.py --cost-model $(MODEL) --cost-lang $(TARGET_LANG)
+	$(PY) -m mlsafe baselines $(RUN_ARGS) --only cost --preset $(PRESET)
+	$(PY) scripts/bench.py --cost-model $(MODEL) --cost-lang $(TARGET_LANG) --cost-preset $(PRESET)
 
 # The judge against WildGuard's labels on the development file (per language and condition,
 # the held-out-model figures, the old phrase judge beside it); writes results/judge/report.json.

@@ -25,7 +25,8 @@ machine (CPU count, torch threads, OMP_NUM_THREADS, the load average before each
 and the torch version. Run with OMP_NUM_THREADS=1 (the Makefile's default) unless thread
 scaling is the point.
 
-Usage: python scripts/bench.py [--cost-model organism --cost-lang th] [--no-real] [--out PATH]
+Usage: python scripts/bench.py [--cost-model organism --cost-lang th [--cost-preset best]] [--ids N] [--no-real]
+       [--out PATH]
 """
 
 from __future__ import annotations
@@ -287,17 +288,19 @@ def section_real(enabled: bool, n_ids: int = REAL_IDS) -> dict:
     return res
 
 
-def section_cost(model: str | None, lang: str | None) -> dict:
-    from mlsafe.langs import parse_targets, target_key
+def section_cost(model: str | None, lang: str | None, preset: str = "paper") -> dict:
+    from mlsafe.langs import parse_targets
+    from mlsafe.pipeline import run_key
     from mlsafe.results import read_json, results_dir
 
     print("\n== 5. edit vs training (python -m mlsafe baselines --only cost)")
     if not model:
         print("skipped: no --cost-model given")
         return {"skipped": "no --cost-model given"}
-    path = results_dir(model, target_key(parse_targets(lang or "th"))) / "cost.json"
+    path = results_dir(model, run_key(parse_targets(lang or "th"), preset)) / "cost.json"
     if not path.exists():
-        print(f"skipped: {path} does not exist (run python -m mlsafe baselines --model {model} --lang {lang} --only cost)")
+        print(f"skipped: {path} does not exist (run python -m mlsafe baselines --model {model} --lang {lang} "
+              f"--only cost --preset {preset})")
         return {"skipped": f"{path} does not exist"}
     c = read_json(path)
     shown = path.resolve().relative_to(ROOT) if ROOT in path.resolve().parents else path
@@ -319,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "bench.json")
     ap.add_argument("--cost-model", help="read results/<model>/<lang>/cost.json for section 5")
     ap.add_argument("--cost-lang", default="th")
+    ap.add_argument("--cost-preset", default="paper", help="the preset of that cost.json (mlsafe.presets)")
     ap.add_argument("--no-real", action="store_true", help=f"skip section 4 ({REAL_MODEL})")
     ap.add_argument("--child", choices=("memory", "real"), help=argparse.SUPPRESS)
     ap.add_argument("--topics", type=int, default=MEMORY_TOPICS[0], help=argparse.SUPPRESS)
@@ -345,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     loads, seconds, out = {}, {}, {"machine": info}
     for name, run in (("solve", section_solve), ("fit", section_fit), ("memory", section_memory),
                       ("real_model", lambda: section_real(not args.no_real, args.ids)),
-                      ("edit_vs_training", lambda: section_cost(args.cost_model, args.cost_lang))):
+                      ("edit_vs_training", lambda: section_cost(args.cost_model, args.cost_lang, args.cost_preset))):
         loads[name] = load_average()
         t0 = time.perf_counter()
         out[name] = run()
