@@ -84,6 +84,10 @@ class EditConfig:
     confirm_top: int = 2
     neuron_set: str = "safety"
     neuron_k: int | None = None
+    #: weight of the decision-position rows in X_safe^T X_safe (issue 13): each preserved
+    #: conversation's prompt read at `position` counts this many times among its tokens; 1 is
+    #: the paper's X_safe (every token alike). Needs stats_pass="fused".
+    decision_weight: float = 1.0
 
     def __post_init__(self):
         self.targets = list(self.targets)
@@ -112,6 +116,11 @@ class EditConfig:
             raise ValueError(f"neuron_k must be an integer >= 1, got {self.neuron_k!r}")
         if self.neuron_set == "gap" and self.stats_pass != "fused":
             raise ValueError("neuron_set='gap' reads X_en^T X_en of the fused statistics pass: set stats_pass='fused'")
+        if not self.decision_weight >= 1.0:
+            raise ValueError(f"decision_weight must be >= 1 (1: every preserved token alike), got {self.decision_weight!r}")
+        if self.decision_weight != 1.0 and self.stats_pass != "fused":
+            raise ValueError("decision_weight != 1 reads the decision rows' Gram of the fused statistics pass: "
+                             "set stats_pass='fused'")
         if self.layer == "auto" and self.val_fraction == 0.0:
             raise ValueError("layer='auto' chooses the layer on validation anchors: set val_fraction > 0 "
                              "or give an explicit layer")
@@ -205,9 +214,10 @@ class _LayerStats:
     """The streamed statistics of one candidate layer (``val``: validation-pair Gram with
     Y^T Y, only for ``layer_selection="predicted"``)."""
 
-    def __init__(self, acts_harm, acts_safe, paired: probe.Gram, safe: probe.Gram, val: probe.Gram | None = None):
+    def __init__(self, acts_harm, acts_safe, paired: probe.Gram, safe: probe.Gram, val: probe.Gram | None = None,
+                 decision: probe.Gram | None = None):
         self.acts_harm, self.acts_safe, self.paired, self.safe = acts_harm, acts_safe, paired, safe
-        self.val = val
+        self.val, self.decision = val, decision
 
 
 def collect_stats(model, tokenizer, anchors: Anchors, cfg: EditConfig, layers: Sequence[int],
@@ -258,11 +268,13 @@ def collect_stats(model, tokenizer, anchors: Anchors, cfg: EditConfig, layers: S
     pairs = {"paired": list(zip(ids(low), ids(src)))}
     if validation_pairs:
         pairs["val"] = list(zip(ids(val_low), ids(val_src)))
+    if cfg.decision_weight != 1.0:   # X_dec^T X_dec: the conversations' prompts at cfg.position (self-pairs)
+        pairs["decision"] = [(i, i) for i in ids(conversations)]
     stats = probe.collect_fused(model, tokenizer, texts, layers, position=cfg.position,
                                 moments={"harm": ids(src_harm), "harmless": ids(src_safe)},
                                 grams={"safe": ids(conversations, with_response=True)}, pairs=pairs,
                                 with_yty=["paired", "val"] if validation_pairs else ["paired"], **kw)
-    return {layer: _LayerStats(st["harm"], st["harmless"], st["paired"], st["safe"], st.get("val"))
+    return {layer: _LayerStats(st["harm"], st["harmless"], st["paired"], st["safe"], st.get("val"), st.get("decision"))
             for layer, st in stats.items()}
 
 
@@ -324,7 +336,7 @@ def select_neurons(model, layer: int, sets: neurons.NeuronSets, st: _LayerStats,
 
 
 def edit_gram(model, layer: int, module: str, idx: torch.Tensor, st: _LayerStats, *,
-              pair_offset: torch.Tensor | None = None) -> solver.EditGram:
+              pair_offset: torch.Tensor | None = None, decision_weight: float = 1.0) -> solver.EditGram:
     """Per-row normalised EditGram of one module (see the module docstring).
 
     `pair_offset` (default None: the paper's target): X_low^T O [d_in, d_in], in the units of
@@ -338,9 +350,14 @@ def edit_gram(model, layer: int, module: str, idx: torch.Tensor, st: _LayerStats
     if pair_offset is not None:
         gap = gap - pair_offset.to(gap)
     xtd = gap @ w_s                                                          # X_low^T D_S
-    n_low, n_safe = st.paired.n, st.safe.n
-    return solver.EditGram(xtx / n_low, xtd / n_low, st.safe.xtx.cpu() / n_safe,
-                           n_low=n_low, n_safe=n_safe)
+    n_low, n_safe, safe = st.paired.n, st.safe.n, st.safe.xtx.cpu()
+    if decision_weight != 1.0:   # the decision rows counted decision_weight times (EditConfig.decision_weight)
+        dec = getattr(st, "decision", None)
+        if dec is None:
+            raise ValueError("decision_weight != 1 needs the decision rows' Gram: collect_stats with that config")
+        safe = safe + (decision_weight - 1.0) * dec.xtx.cpu()
+        n_safe = n_safe + (decision_weight - 1.0) * dec.n
+    return solver.EditGram(xtx / n_low, xtd / n_low, safe / n_safe, n_low=n_low, n_safe=n_safe)
 
 
 def solve_factors(g: solver.EditGram, cfg: EditConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,6 +391,8 @@ def build_edit(model, layer: int, idx: torch.Tensor, st: _LayerStats, cfg: EditC
     `pair_offset`, whose shifts are linear in the inputs and the activations are not)."""
     if up_given_gate is not None and pair_offset is not None:
         raise ValueError("up_given_gate does not combine with pair_offset (the activation target is nonlinear)")
+    if up_given_gate is not None and cfg.decision_weight != 1.0:
+        raise ValueError("up_given_gate reads X_safe as it is: it does not combine with decision_weight != 1")
     if up_given_gate is not None and (set(cfg.modules) != {"gate", "up"} or cfg.solver != "whitened"):
         raise ValueError("up_given_gate fits up after gate: it needs modules ('gate', 'up') and solver 'whitened', "
                          f"got modules {cfg.modules} and solver {cfg.solver!r}")
@@ -381,7 +400,8 @@ def build_edit(model, layer: int, idx: torch.Tensor, st: _LayerStats, cfg: EditC
     for module in cfg.modules:
         if module == "up" and up_given_gate is not None:
             continue
-        a, b = solve_factors(edit_gram(model, layer, module, idx, st, pair_offset=pair_offset), cfg)
+        a, b = solve_factors(edit_gram(model, layer, module, idx, st, pair_offset=pair_offset,
+                                       decision_weight=cfg.decision_weight), cfg)
         factors[module] = (a.float(), b.float())
     if up_given_gate is not None:
         a_g, b_g = factors["gate"]
@@ -394,6 +414,8 @@ def build_edit(model, layer: int, idx: torch.Tensor, st: _LayerStats, cfg: EditC
                "source": cfg.source, "tau_mag": cfg.tau_mag, "tau_stat": cfg.tau_stat, "seed": cfg.seed}
     if pair_offset is not None:
         hparams["target"] = "pair gap minus pair_offset"
+    if cfg.decision_weight != 1.0:
+        hparams["decision_weight"] = cfg.decision_weight
     if up_given_gate is not None:
         hparams["up_fit"] = "given the edited gate (up_factors_given_gate)"
     return SparseEdit(layer=layer, modules=cfg.modules, neurons=idx, factors=factors, hparams=hparams,

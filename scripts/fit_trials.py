@@ -9,9 +9,9 @@
    preserves (harmless fit anchors and English harmful fit anchors with their answers), so the
    decision position (the last prompt token, where the refusal margin is read) is a few percent
    of its rows. Weighting those rows w times (X_safe^T X_safe + (w - 1) X_dec^T X_dec, rows
-   counted N_safe + (w - 1) N_dec, so the normalised Gram stays a mean) asks the edit to leave
-   harmless decisions alone more than harmless continuations; each (gamma, w) is one
-   validation trial of the best recipe's neurons (mlsafe.trials.search_trial).
+   counted N_safe + (w - 1) N_dec, so the normalised Gram stays a mean; EditConfig.decision_weight)
+   asks the edit to leave harmless decisions alone more than harmless continuations; each
+   (gamma, w) is one validation trial of the best recipe's neurons (mlsafe.trials.search_trial).
 
 Writes results/<model>/search/fit_trials.json atomically after every trial. Rerun:
     OMP_NUM_THREADS=2 .venv/bin/python scripts/fit_trials.py qwen2.5-coder-0.5b \\
@@ -28,14 +28,6 @@ from mlsafe import neurons, presets, probe, transfer, trials
 from mlsafe.edit import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def weighted_safe(st, x_dec, w: float):
-    """A copy of LayerStats `st` whose X_safe Gram counts the rows `x_dec` [N_dec, d_in] w times."""
-    g = probe.Gram()
-    g.xtx = st.safe.xtx.cpu() + (w - 1.0) * (x_dec.T @ x_dec)
-    g.n = st.safe.n + (w - 1.0) * x_dec.shape[0]
-    return transfer._LayerStats(st.acts_harm, st.acts_safe, st.paired, g, st.val)
 
 
 def main() -> None:
@@ -90,14 +82,15 @@ def main() -> None:
     src_harm = [p for p in anchors.fit_harmful if p.lang == best.source]
     conversations = list(anchors.fit_harmless) + src_harm
     x_dec = transfer.prompt_inputs(model, lm.tokenizer, conversations, args.layer, best)
+    st.decision = probe.Gram()                 # what collect_stats keeps for EditConfig.decision_weight != 1
+    st.decision.xtx, st.decision.n = x_dec.T @ x_dec, x_dec.shape[0]
     log.header["decision_rows"] = {"n_dec": int(x_dec.shape[0]), "n_safe": int(st.safe.n),
                                    "share": x_dec.shape[0] / st.safe.n, "seconds": time.perf_counter() - t}
     for gamma in gammas:
-        cfg = transfer.EditConfig(**{**best.__dict__, "gamma": gamma})
         for w in [1.0] + weights:
-            st_w = st if w == 1.0 else weighted_safe(st, x_dec, w)
+            cfg = transfer.EditConfig(**{**best.__dict__, "gamma": gamma, "decision_weight": w})
             t = time.perf_counter()
-            e = transfer.build_edit(model, args.layer, gap_idx, st_w, cfg, base_fingerprint=fp)
+            e = transfer.build_edit(model, args.layer, gap_idx, st, cfg, base_fingerprint=fp)
             row = trials.search_trial(search, [e], gap=search.gap, layers=[args.layer],
                                       neurons=f"gap{best.neuron_k}", gamma=gamma, decision_weight=w,
                                       decision_share=w * x_dec.shape[0] / (st.safe.n + (w - 1) * x_dec.shape[0]),

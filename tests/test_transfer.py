@@ -347,3 +347,32 @@ def test_up_given_gate_changes_only_up_rows_and_lowers_the_activation_fit(tiny_l
     with pytest.raises(ValueError, match="pair_offset"):
         transfer.build_edit(model, 1, idx, st, cfg, up_given_gate=(x_low, x_src),
                             pair_offset=torch.zeros(x_low.shape[1], x_low.shape[1]))
+
+
+def test_decision_weight_counts_the_decision_rows_w_times_in_x_safe(tiny_lm):
+    model, tok = tiny_lm
+    harmful, harmless = _anchors()
+    kw = dict(targets=["th", "bn"], layer=1, rank=2, tau_mag=1.0, tau_stat=0.5, val_fraction=0.34, stats_pass="fused")
+    plain, heavy = transfer.EditConfig(**kw), transfer.EditConfig(**kw, decision_weight=10.0)
+    anchors = transfer.split_anchors(harmful, harmless, plain.val_fraction, plain.seed)
+    st1 = transfer.collect_stats(model, tok, anchors, plain, [1])[1]
+    st = transfer.collect_stats(model, tok, anchors, heavy, [1])[1]
+    assert st1.decision is None
+    conversations = anchors.fit_harmless + [p for p in anchors.fit_harmful if p.lang == "en"]
+    x_dec = transfer.prompt_inputs(model, tok, conversations, 1, plain)       # the last prompt token of each
+    assert st.decision.n == len(conversations)
+    torch.testing.assert_close(st.decision.xtx, x_dec.T @ x_dec, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(st.safe.xtx, st1.safe.xtx)                      # X_safe itself unchanged
+    g = transfer.edit_gram(model, 1, "gate", torch.arange(4), st, decision_weight=10.0)
+    n = st.safe.n + 9 * len(conversations)
+    torch.testing.assert_close(g.xtx_safe, (st.safe.xtx + 9 * st.decision.xtx).cpu() / n)
+    idx = torch.arange(0, 12)
+    e1, e10 = transfer.build_edit(model, 1, idx, st, plain), transfer.build_edit(model, 1, idx, st, heavy)
+    assert e10.hparams["decision_weight"] == 10.0 and "decision_weight" not in e1.hparams
+    assert not torch.allclose(e1.delta("gate"), e10.delta("gate"))            # the weight changes the solve
+    with pytest.raises(ValueError, match="decision rows' Gram"):
+        transfer.edit_gram(model, 1, "gate", idx, st1, decision_weight=10.0)
+    with pytest.raises(ValueError, match="stats_pass='fused'"):
+        transfer.EditConfig(**{**kw, "stats_pass": "separate"}, decision_weight=2.0)
+    with pytest.raises(ValueError, match=">= 1"):
+        transfer.EditConfig(**kw, decision_weight=0.5)
