@@ -98,9 +98,10 @@ def add_search_arguments(ap, *, what: str, layer: int | None = 17) -> None:
         ap.add_argument("--stats-cache", required=True, help="scripts/edit_search.py's --stats-cache file")
 
 
-def load_layer_stats(path: str | Path, layer: int):
-    """One layer's LayerStats from scripts/edit_search.py's --stats-cache file (fused pass);
-    a missing file, another layer or a separate-pass cache is one line naming the fix."""
+def load_stats(path: str | Path, layer: int) -> dict:
+    """Every layer's LayerStats of scripts/edit_search.py's --stats-cache file (fused pass),
+    checked to hold `layer`; a missing file, another layer or a separate-pass cache is one line
+    naming the fix."""
     from mlsafe.errors import UserError
 
     path = Path(path)
@@ -111,22 +112,23 @@ def load_layer_stats(path: str | Path, layer: int):
         raise UserError(f"--stats-cache {path} holds layers {sorted(stats)}, not --layer {layer}")
     if stats[layer].paired.yty is None:
         raise UserError(f"--stats-cache {path} is not from the fused statistics pass (no X_en^T X_en)")
-    return stats[layer]
+    return stats
 
 
-def layer_search(args):
+def layer_search(args, *, every_layer: bool = False):
     """(LayerStats, Search) of a layer-search script's parsed `add_search_arguments`: the cached
-    statistics of --layer (checked first, before the model loads), then load_search; prints the
-    validation margins before any edit. A bad argument exits with one line."""
+    statistics of --layer (checked first, before the model loads; with `every_layer`, the whole
+    {layer: LayerStats} of the cache instead), then load_search; prints the validation margins
+    before any edit. A bad argument exits with one line."""
     from mlsafe.errors import UserError
 
     try:
-        st = load_layer_stats(args.stats_cache, args.layer)
+        stats = load_stats(args.stats_cache, args.layer)
         search = load_search(args.model, args.data, args.seed, args.lang.split(","))
     except UserError as e:
         raise SystemExit(str(e)) from None
     print(search.before_line(), flush=True)
-    return st, search
+    return (stats if every_layer else stats[args.layer]), search
 
 
 def validation_trial(model, tokenizer, anchors: transfer.Anchors, cfg: transfer.EditConfig, margin: transfer.MarginFn,

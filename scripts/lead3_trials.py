@@ -53,12 +53,8 @@ def main() -> None:
     trials.add_search_arguments(ap, what="lead3.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    try:
-        cached = torch.load(args.stats_cache, weights_only=False)
-    except FileNotFoundError:
-        raise SystemExit(f"--stats-cache {args.stats_cache} does not exist: run scripts/edit_search.py "
-                         f"--stats-cache {args.stats_cache} first") from None
-    st, search = trials.layer_search(args)
+    cached, search = trials.layer_search(args, every_layer=True)
+    st = cached[args.layer]
     lm, suite, anchors = search.lm, search.suite, search.anchors
     targets = args.lang.split(",")
     recipe = presets.resolve("paper", lm.model)

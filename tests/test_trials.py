@@ -114,14 +114,14 @@ def test_load_search_matches_its_pieces_and_refuses_bad_targets_first(tiny_dir, 
     assert row["score"] == 0.0
 
 
-def test_load_layer_stats_names_the_fix(tmp_path):
+def test_load_stats_names_the_fix(tmp_path):
     from mlsafe.errors import UserError
 
     with pytest.raises(UserError, match="does not exist: run scripts/edit_search.py"):
-        trials.load_layer_stats(tmp_path / "none.pt", 17)
+        trials.load_stats(tmp_path / "none.pt", 17)
     torch.save({3: None}, tmp_path / "s.pt")
     with pytest.raises(UserError, match=r"holds layers \[3\], not --layer 17"):
-        trials.load_layer_stats(tmp_path / "s.pt", 17)
+        trials.load_stats(tmp_path / "s.pt", 17)
 
 
 def test_search_arguments_are_shared():
@@ -147,3 +147,22 @@ def test_layer_search_checks_the_cache_before_loading(tmp_path, monkeypatch):
     trials.add_search_arguments(ap, what="x.json")
     with pytest.raises(SystemExit, match="does not exist"):
         trials.layer_search(ap.parse_args(["m", "--stats-cache", str(tmp_path / "none.pt")]))
+
+
+def test_layer_search_gives_one_layer_or_every_layer_from_one_load(tmp_path, monkeypatch):
+    import argparse
+    from types import SimpleNamespace
+
+    fused = lambda tag: SimpleNamespace(tag=tag, paired=SimpleNamespace(yty=torch.ones(1)))  # noqa: E731
+    torch.save({15: fused("a"), 17: fused("b")}, tmp_path / "s.pt")
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(trials, "load_search", lambda *a, **k: SimpleNamespace(before_line=lambda: "before"))
+    ap = argparse.ArgumentParser()
+    trials.add_search_arguments(ap, what="x.json")
+    args = ap.parse_args(["m", "--stats-cache", str(tmp_path / "s.pt")])
+    st, _ = trials.layer_search(args)
+    assert st.tag == "b" and len(loads) == 1
+    every, _ = trials.layer_search(args, every_layer=True)
+    assert sorted(every) == [15, 17] and every[17].tag == "b" and len(loads) == 2
