@@ -157,8 +157,10 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
     before = cached_evaluation(lm, suite, base, None, seed=seed, progress=progress)
     eval_s = time.perf_counter() - t0
     # 3. evaluate with the edit applied (keeping the harmless prompts' first-token logits for 5.)
+    t0 = time.perf_counter()
     with edit.applied(lm.model, fingerprints=fps):
         after = cached_evaluation(lm, suite, base, edit, seed=seed, progress=progress, keep_harmless_logits=True)
+    after_s = time.perf_counter() - t0
     # 4. the random-neuron control: same size, disjoint from S, same solver and statistics
     t0 = time.perf_counter()
     control = random_control(lm, suite, edit, report, cfg, targets, after, seed=seed, n_random=n_random,
@@ -166,6 +168,7 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
     control_s = time.perf_counter() - t0
     # 5. first-token KL from the unedited model on harmless prompts; the edited side comes from
     #    step 3's generation when it ran here (one pass instead of two)
+    t0 = time.perf_counter()
     edited_logits, after.harmless_first_logits = after.harmless_first_logits, None
     if not before.harmless:
         kl = {}
@@ -175,6 +178,7 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
     else:
         kl = ev.first_token_kl(lm.model, lm.tokenizer, before.harmless, edit)
     del edited_logits
+    kl_s = time.perf_counter() - t0
 
     sets = report.neuron_sets[report.layer]
     edit_block = {
@@ -206,7 +210,7 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
         "n_eval": {"harmful": len(before.harmful), "harmless": len(before.harmless)},
         "edit": edit_block,
         "timing": {"load_seconds": load_s, "fit_seconds": fit_s, "evaluate_seconds": eval_s,
-                   "control_seconds": control_s,
+                   "evaluate_edited_seconds": after_s, "control_seconds": control_s, "kl_seconds": kl_s,
                    # generated in this run: the edited model's responses (the unedited ones are cached)
                    "tokens_per_second": after.timing.get("tokens_per_second")
                    or before.timing.get("tokens_per_second")},
@@ -298,7 +302,8 @@ def response_cache_key(lm: LoadedModel, suite: Suite, fingerprints: Fingerprints
     return {"model": lm.name, "base": (fingerprints or Fingerprints(lm.model))(),
             "harmful": [[p.id, p.text] for p in suite.eval_harmful],
             "harmless": [[p.id, p.text] for p in suite.eval_harmless],
-            "gen": [suite.max_new_tokens, suite.harmless_max_new_tokens, suite.sort_by_length]}
+            "gen": [suite.max_new_tokens, suite.harmless_max_new_tokens, suite.sort_by_length,
+                    suite.batch_size, suite.batch_tokens]}
 
 
 def cached_evaluation(lm: LoadedModel, suite: Suite, base: dict | None, edit, *, seed: int,

@@ -45,6 +45,8 @@ def test_reproduce_writes_the_common_schema(tiny_dir, tmp_path, monkeypatch):
     t = s["timing"]
     assert 0 < t["fit_seconds"] and 0 < t["evaluate_seconds"] and 0 < t["load_seconds"]
     assert t["load_seconds"] + t["fit_seconds"] + t["evaluate_seconds"] < t["run_seconds"]
+    stages = ("fit_seconds", "evaluate_seconds", "evaluate_edited_seconds", "control_seconds", "kl_seconds")
+    assert all(t[k] > 0 for k in stages) and sum(t[k] for k in stages) < t["run_seconds"]
     for name in ("responses_before.csv", "responses_after.csv", "edit.safetensors"):
         assert (path.parent / name).is_file()
 

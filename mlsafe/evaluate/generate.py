@@ -15,6 +15,8 @@ import torch
 
 from mlsafe import chat
 from mlsafe.chat import ChatText
+from mlsafe.evaluate.greedy import decode, end_tokens, plain_greedy
+from mlsafe.evaluate.prefix import SharedPrefix, cache_kwarg, fits, layout, positions, shared_prefix_len, sliding_window
 
 
 def format_chat(tokenizer, user_texts: Sequence[str], *, system: str | None = None) -> list[ChatText]:
@@ -64,6 +66,28 @@ def batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
         yield items[start:start + batch_size]
 
 
+def token_batches(rows: Sequence[Sequence[int]], batch_size: int, max_tokens: int | None = None,
+                  extra: int = 0) -> Iterator[list]:
+    """Consecutive batches of at most `batch_size` rows that also keep rows x (longest row +
+    `extra`) within `max_tokens` (None: no such limit; a row alone may pass it). With rows
+    sorted by length, short prompts go in wide batches (a decode step costs little more for
+    more rows on a CPU) and long ones in narrow ones (issue 17)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunk: list = []
+    longest = 0
+    for row in rows:
+        wide = max(longest, len(row))
+        if chunk and (len(chunk) == batch_size
+                      or (max_tokens is not None and (len(chunk) + 1) * (wide + extra) > max_tokens)):
+            yield chunk
+            chunk, wide = [], len(row)
+        chunk.append(row)
+        longest = wide
+    if chunk:
+        yield chunk
+
+
 def encode(tokenizer, texts: Sequence[str], device, *, max_length: int | None = None) -> dict:
     """Left-padded batch encoding of already-templated texts (call inside `left_padded`).
 
@@ -87,7 +111,7 @@ def prompt_limit(model, tokenizer, new_tokens: int = 0) -> int | None:
 
 
 def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_tokens: int = 64,
-                       batch_size: int = 16, progress: bool = True, device=None,
+                       batch_size: int = 16, batch_tokens: int | None = None, progress: bool = True, device=None,
                        desc: str = "generate", sort_by_length: bool = False,
                        stats: dict | None = None) -> list[str]:
     """Greedy continuations of already-templated texts; decoded new tokens only, in input order.
@@ -105,13 +129,13 @@ def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_t
     """
     return _generate(model, tokenizer, chat_texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                      progress=progress, device=device, desc=desc, sort_by_length=sort_by_length,
-                     stats=stats, first=None)[0]
+                     stats=stats, first=None, batch_tokens=batch_tokens)[0]
 
 
 def generate_scored(model, tokenizer, user_texts: Sequence[str], score_ids: Sequence[int], *,
                     max_new_tokens: int = 64, batch_size: int = 16, progress: bool = True, device=None,
                     sort_by_length: bool = False, desc: str = "generate",
-                    stats: dict | None = None) -> tuple[list[str], torch.Tensor]:
+                    stats: dict | None = None, batch_tokens: int | None = None) -> tuple[list[str], torch.Tensor]:
     """`generate`'s responses and, from the same forward pass, log p(t | prompt) at the
     generation position for each t in `score_ids`: float64 [N, len(score_ids)], input order.
 
@@ -123,30 +147,36 @@ def generate_scored(model, tokenizer, user_texts: Sequence[str], score_ids: Sequ
     idx = torch.tensor(list(score_ids), dtype=torch.long)
     return _generate(model, tokenizer, format_chat(tokenizer, user_texts), max_new_tokens=max_new_tokens,
                      batch_size=batch_size, progress=progress, device=device, desc=desc,
-                     sort_by_length=sort_by_length, stats=stats,
+                     sort_by_length=sort_by_length, stats=stats, batch_tokens=batch_tokens,
                      first=lambda logits: torch.log_softmax(logits.double(), dim=-1).cpu()[:, idx])
 
 
 def generate_with_first_logits(model, tokenizer, user_texts: Sequence[str], *, max_new_tokens: int = 64,
                                batch_size: int = 16, progress: bool = True, device=None,
                                sort_by_length: bool = False, desc: str = "generate",
-                               stats: dict | None = None) -> tuple[list[str], torch.Tensor]:
+                               stats: dict | None = None, batch_tokens: int | None = None) -> tuple[list[str], torch.Tensor]:
     """`generate`'s responses and the raw logits at the generation position (the first
     generated token's), float32 [N, vocab] on the CPU, input order: the edited side of the
     first-token KL without a pass of its own (mlsafe.evaluate.kl.first_token_kl_given)."""
     return _generate(model, tokenizer, format_chat(tokenizer, user_texts), max_new_tokens=max_new_tokens,
                      batch_size=batch_size, progress=progress, device=device, desc=desc,
-                     sort_by_length=sort_by_length, stats=stats, first=lambda logits: logits.float().cpu())
+                     sort_by_length=sort_by_length, stats=stats, batch_tokens=batch_tokens,
+                     first=lambda logits: logits.float().cpu())
 
 
 @torch.no_grad()
 def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progress, device, desc,
-              sort_by_length, stats, first) -> tuple[list[str], torch.Tensor | None]:
+              sort_by_length, stats, first, share_prefix=True, batch_tokens=None
+              ) -> tuple[list[str], torch.Tensor | None]:
     """The greedy loop; `first` (optional) maps each batch's first-step logits [B, vocab] to
-    the rows returned beside the texts, concatenated in input order."""
+    the rows returned beside the texts, concatenated in input order. The prompts' shared
+    opening (the chat template's) is computed once per call unless `share_prefix` is False
+    (mlsafe.evaluate.prefix). `batch_tokens`: batches also stop growing before rows x (longest
+    prompt + max_new_tokens) passes it (`token_batches`)."""
     import time
 
     from tqdm.auto import tqdm
+    from transformers import DynamicCache
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -155,25 +185,39 @@ def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progr
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if sort_by_length \
         else list(range(len(encoded)))
     rows = [encoded[i] for i in order]
-    eos = model.generation_config.eos_token_id
-    eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    eos = end_tokens(model)
     decoded: list[str] = []
     scored: list[torch.Tensor] = []
     extra = {} if first is None else {"output_logits": True, "return_dict_in_generate": True}
     n_new, t0 = 0, time.perf_counter()
+    n_shared = shared_prefix_len(rows) if share_prefix else 0
+    prefix = SharedPrefix.compute(model, rows[0][:n_shared], device) if n_shared else None
+    window, plain, kwarg = sliding_window(model), plain_greedy(model), cache_kwarg(model)
     with left_padded(tokenizer):
-        for chunk in tqdm(list(batches(rows, batch_size)), desc=desc, disable=not progress):
-            enc = pad_ids(tokenizer, chunk, device)
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                temperature=None, top_p=None, top_k=None,
-                pad_token_id=tokenizer.pad_token_id, **extra,
-            )
-            ids = out
-            if first is not None:
-                ids = out.sequences
-                scored.append(first(out.logits[0]))
-            new = ids[:, enc["input_ids"].shape[1]:]
+        for chunk in tqdm(list(token_batches(rows, batch_size, batch_tokens, max_new_tokens)), desc=desc,
+                          disable=not progress):
+            shared = prefix is not None and fits(window, n_shared, chunk, max_new_tokens)
+            # [prefix][padding][rest] with the prefix's cache, or plain left padding
+            enc = layout(n_shared, chunk, tokenizer.pad_token_id, device) if shared \
+                else pad_ids(tokenizer, chunk, device)
+            if plain:  # greedy.decode: generate's tokens without its per-step overhead
+                skip = n_shared if shared else 0
+                cache = prefix.expanded(len(chunk)) if shared else DynamicCache(config=model.config)
+                new, logits = decode(model, enc["input_ids"][:, skip:], enc["attention_mask"],
+                                     positions(enc["attention_mask"])[:, skip:], cache=cache, cache_kwarg=kwarg,
+                                     max_new_tokens=max_new_tokens, eos=eos, pad_id=tokenizer.pad_token_id)
+                if first is not None:
+                    scored.append(first(logits))
+            else:
+                out = model.generate(
+                    **enc, **({kwarg: prefix.expanded(len(chunk))} if shared else {}),
+                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                    temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, **extra)
+                ids = out
+                if first is not None:
+                    ids = out.sequences
+                    scored.append(first(out.logits[0]))
+                new = ids[:, enc["input_ids"].shape[1]:]
             for row in new.tolist():
                 ends = [k for k, t in enumerate(row) if t in eos]
                 n_new += ends[0] + 1 if ends else len(row)
@@ -196,9 +240,9 @@ def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progr
 def generate(model, tokenizer, user_texts: Sequence[str], *, max_new_tokens: int = 64,
              batch_size: int = 16, progress: bool = True, device=None,
              system: str | None = None, sort_by_length: bool = False, desc: str = "generate",
-             stats: dict | None = None) -> list[str]:
+             stats: dict | None = None, batch_tokens: int | None = None) -> list[str]:
     """Greedy responses to user messages (chat template applied, left padding, responses only)."""
     return generate_from_chat(model, tokenizer, format_chat(tokenizer, user_texts, system=system),
                               max_new_tokens=max_new_tokens, batch_size=batch_size,
                               progress=progress, device=device, sort_by_length=sort_by_length, desc=desc,
-                              stats=stats)
+                              stats=stats, batch_tokens=batch_tokens)

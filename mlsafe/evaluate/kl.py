@@ -17,14 +17,9 @@ from typing import Sequence
 import torch
 
 from mlsafe import chat
-from mlsafe.evaluate.generate import batches, format_chat, left_padded, model_device, pad_ids, prompt_limit
-from mlsafe.evaluate.margin import _last_logits_only
+from mlsafe.evaluate.generate import format_chat, left_padded, model_device, prompt_limit
+from mlsafe.evaluate.prefix import last_logits, length_order
 from mlsafe.prompts import Prompt
-
-
-def _last_logits(model, enc: dict, extra: dict) -> torch.Tensor:
-    pos = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-    return model(**enc, position_ids=pos, **extra).logits[:, -1, :]
 
 
 #: Batches whose unedited logits are held at once (float32 [prompts, vocab]: about 150 MB for
@@ -44,19 +39,20 @@ def first_token_kl_per_prompt(model, tokenizer, prompts: Sequence[Prompt], edit,
     as plain text (:mod:`mlsafe.chat`), truncated from the end to the model's context.
     """
     device = device or model_device(model)
-    extra = _last_logits_only(model)
     ids = chat.encode_all(tokenizer, format_chat(tokenizer, [p.text for p in prompts]),
                           max_length=prompt_limit(model, tokenizer))
-    chunks = list(batches(ids, batch_size))
-    out = []
+    order = length_order(ids)
+    out = torch.zeros(len(ids), dtype=torch.float64)
+    group = GROUP_BATCHES * batch_size
     with left_padded(tokenizer):
-        for g in range(0, len(chunks), GROUP_BATCHES):
-            encs = [pad_ids(tokenizer, chunk, device) for chunk in chunks[g:g + GROUP_BATCHES]]
-            base = [_last_logits(model, enc, extra) for enc in encs]
+        kw = dict(pad_id=tokenizer.pad_token_id, batch_size=batch_size, device=device, sort_by_length=False)
+        for g in range(0, len(order), group):
+            rows = order[g:g + group]          # already by length: both passes batch them alike
+            base = [logits for _, logits in last_logits(model, [ids[i] for i in rows], **kw)]
             with edit.applied(model):
-                edited = [_last_logits(model, enc, extra) for enc in encs]
-            out.extend(_kl_rows(b, e) for b, e in zip(base, edited))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+                edited = [logits for _, logits in last_logits(model, [ids[i] for i in rows], **kw)]
+            out[rows] = torch.cat([_kl_rows(b, e) for b, e in zip(base, edited)])
+    return out
 
 
 def _kl_rows(base: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
@@ -77,16 +73,14 @@ def first_token_kl_given(model, tokenizer, prompts: Sequence[Prompt], edited_log
     if edited_logits.shape[0] != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {edited_logits.shape[0]} rows of edited logits")
     device = device or model_device(model)
-    extra = _last_logits_only(model)
     ids = chat.encode_all(tokenizer, format_chat(tokenizer, [p.text for p in prompts]),
                           max_length=prompt_limit(model, tokenizer))
-    out, start = [], 0
+    out = torch.zeros(len(ids), dtype=torch.float64)
     with left_padded(tokenizer):
-        for chunk in batches(ids, batch_size):
-            base = _last_logits(model, pad_ids(tokenizer, chunk, device), extra)
-            out.append(_kl_rows(base, edited_logits[start:start + len(chunk)]))
-            start += len(chunk)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+        for rows, base in last_logits(model, ids, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
+                                      device=device):
+            out[rows] = _kl_rows(base, edited_logits[rows])
+    return out
 
 
 def first_token_kl(model, tokenizer, prompts: Sequence[Prompt], edit, *, batch_size: int = 16,

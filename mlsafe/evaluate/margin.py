@@ -14,13 +14,12 @@ where greedy outputs do not flip yet.
 
 from __future__ import annotations
 
-import inspect
 from typing import Mapping, Sequence
 
 import torch
 
 from mlsafe import chat
-from mlsafe.evaluate.generate import batches, format_chat, left_padded, model_device, pad_ids, prompt_limit
+from mlsafe.evaluate.generate import format_chat, left_padded, model_device, prompt_limit
 from mlsafe.prompts import Prompt
 
 DEFAULT_REFUSAL_STARTS: dict[str, list[str]] = {
@@ -70,37 +69,30 @@ def start_token_sets(tokenizer, refusal_starts: Sequence[str], comply_starts: Se
     return r, c
 
 
-def _last_logits_only(model) -> dict:
-    """`logits_to_keep=1` where the model takes it: the LM head then runs on the last position only
-    (a 262k-word vocabulary makes the full [batch, length, vocab] logits the dominant cost)."""
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-
-
 @torch.no_grad()
 def next_token_logprobs(model, tokenizer, user_texts: Sequence[str], token_ids: Sequence[int], *,
-                        batch_size: int = 16, device=None, system: str | None = None) -> torch.Tensor:
+                        batch_size: int = 16, device=None, system: str | None = None,
+                        share_prefix: bool = True) -> torch.Tensor:
     """log p(token | chat-templated user text) at the generation position: float64 [N, len(token_ids)].
 
-    Left padding with explicit position ids, so a prompt's value does not depend on its batch.
+    Prompts are batched by length, and the template's opening that every prompt shares is
+    computed once (mlsafe.evaluate.prefix; `share_prefix=False`: plain left padding); explicit
+    position ids, so a prompt's value does not depend on its batch beyond the last bits.
     User texts are encoded as plain text (:mod:`mlsafe.chat`); one longer than the model's
     context is truncated from the end (one warning for all).
     """
+    from mlsafe.evaluate.prefix import last_logits
+
     device = device or model_device(model)
     idx = torch.tensor(list(token_ids), dtype=torch.long)
-    last_only = _last_logits_only(model)
     ids = chat.encode_all(tokenizer, format_chat(tokenizer, user_texts, system=system),
                           max_length=prompt_limit(model, tokenizer))
-    rows = []
+    out = torch.zeros(len(ids), len(idx), dtype=torch.float64)
     with left_padded(tokenizer):
-        for chunk in batches(ids, batch_size):
-            enc = pad_ids(tokenizer, chunk, device)
-            pos = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(**enc, position_ids=pos, **last_only).logits[:, -1, :]
-            logp = torch.log_softmax(logits.double(), dim=-1).cpu()
-            rows.append(logp[:, idx])
-    if not rows:
-        return torch.zeros(0, len(idx), dtype=torch.float64)
-    return torch.cat(rows)
+        for rows, logits in last_logits(model, ids, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
+                                        device=device, share_prefix=share_prefix):
+            out[rows] = torch.log_softmax(logits.double(), dim=-1).cpu()[:, idx]
+    return out
 
 
 def refusal_margin(model, tokenizer, user_texts: Sequence[str], *, refusal_starts: Sequence[str],

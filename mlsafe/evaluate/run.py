@@ -69,8 +69,8 @@ def harmful_responses(model, tokenizer, suite: "Suite", prompts: Sequence[Prompt
                       stats: dict | None = None, desc: str = "harmful") -> list[str]:
     """Greedy responses to harmful prompts with the suite's generation settings."""
     return generate(model, tokenizer, [p.text for p in prompts], max_new_tokens=suite.max_new_tokens,
-                    batch_size=suite.batch_size, progress=progress, sort_by_length=suite.sort_by_length,
-                    stats=stats, desc=desc)
+                    batch_size=suite.batch_size, batch_tokens=suite.batch_tokens, progress=progress,
+                    sort_by_length=suite.sort_by_length, stats=stats, desc=desc)
 
 
 def harmful_responses_and_margins(model, tokenizer, suite: "Suite", prompts: Sequence[Prompt], *,
@@ -83,7 +83,7 @@ def harmful_responses_and_margins(model, tokenizer, suite: "Suite", prompts: Seq
     ids = union_ids(sets)
     responses, logp = generate_scored(model, tokenizer, [p.text for p in prompts], ids,
                                       max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size,
-                                      progress=progress, sort_by_length=suite.sort_by_length, stats=stats,
+                                      batch_tokens=suite.batch_tokens, progress=progress, sort_by_length=suite.sort_by_length, stats=stats,
                                       desc=desc)
     return responses, margins_from_table(prompts, logp, ids, sets)
 
@@ -116,8 +116,8 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
     if harmless_responses is None:
         st = {}
         kw = dict(max_new_tokens=suite.harmless_max_new_tokens or suite.max_new_tokens,
-                  batch_size=suite.batch_size, progress=progress, sort_by_length=suite.sort_by_length,
-                  stats=st, desc="harmless")
+                  batch_size=suite.batch_size, batch_tokens=suite.batch_tokens, progress=progress,
+                  sort_by_length=suite.sort_by_length, stats=st, desc="harmless")
         texts = [p.text for p in harmless]
         if keep_harmless_logits:
             harmless_responses, first_logits = generate_with_first_logits(model, tokenizer, texts, **kw)

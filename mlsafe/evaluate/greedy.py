@@ -1,0 +1,78 @@
+"""A plain greedy decoding loop: what `model.generate(do_sample=False)` does when the model's
+generation config changes no logit, without its per-step overhead.
+
+On 2 CPU cores a decode step of the 0.5B Qwen at batch 32 takes ~350 ms in the model and
+~100 ms more inside `generate` (logits processors, stopping criteria, a float32 copy of every
+step's logits when the first step's are asked for); this loop keeps only the first step's
+logits and stops when every row has ended (issue 17). Semantics are generate's: the argmax
+of the float32 logits, rows that have emitted an end token continue with the pad token, the
+loop ends at `max_new_tokens` or when all rows have ended. `plain_greedy` says when the loop
+may stand in for generate (no repetition penalty, suppressed or forced tokens, minimum
+length, ...); the callers fall back to generate otherwise. tests/test_prefix.py checks the
+two give the same tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+#: Generation-config fields that change greedy logits, with the values that do not.
+NEUTRAL: dict[str, tuple] = {
+    "repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "forced_decoder_ids": (None,),
+    "sequence_bias": (None,), "min_length": (None, 0), "min_new_tokens": (None, 0),
+    "exponential_decay_length_penalty": (None,), "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,), "stop_strings": (None,), "renormalize_logits": (None, False),
+    "epsilon_cutoff": (None, 0.0), "eta_cutoff": (None, 0.0), "max_time": (None,),
+}
+
+
+def plain_greedy(model) -> bool:
+    """Whether the model's generation config leaves greedy decoding to a plain argmax."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return True
+    return all(getattr(config, k, None) in ok for k, ok in NEUTRAL.items())
+
+
+def end_tokens(model) -> set[int]:
+    """The generation config's end-of-sequence token ids."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+
+
+@torch.no_grad()
+def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
+           cache, cache_kwarg: str, max_new_tokens: int, eos: Sequence[int], pad_id: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy tokens [B, <= max_new_tokens] and the first step's logits (float32 [B, vocab]).
+
+    input_ids / position_ids: the tokens still to feed (the whole prompt, or what follows a
+    prefix already in `cache`); attention_mask covers the cache and those tokens.
+    """
+    from mlsafe.evaluate.prefix import last_only_kwargs
+
+    eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=input_ids.device)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                **{cache_kwarg: cache}, **last_only_kwargs(model))
+    logits = out.logits[:, -1, :].float()
+    first = logits
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    pos = position_ids[:, -1:]
+    mask = attention_mask
+    tokens = []
+    for step in range(max_new_tokens):
+        nxt = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), logits.argmax(-1))
+        tokens.append(nxt)
+        done |= torch.isin(nxt, eos_t)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        pos = pos + 1
+        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
+                       **{cache_kwarg: cache}).logits[:, -1, :].float()
+    return torch.stack(tokens, dim=1), first
