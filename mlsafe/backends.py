@@ -50,11 +50,15 @@ class LoadedModel:
 #: affordable on CPU (baselines, the diagnostics/lab extras, named ablations, margin-only
 #: diagnostics), the pip extra that ships the weights, the book chapters it rebuilds, and the
 #: LoRA baseline's learning rate (mlsafe.baselines.finetune.default_sft): 3e-3 for the small
-#: models trained here from scratch, 2e-4 (a usual LoRA rate) for pretrained ones.
+#: models trained here from scratch, 2e-4 (a usual LoRA rate) for pretrained ones; and the
+#: torch threads of `make reproduce` when OMP_NUM_THREADS is not given (`threads_for`): one
+#: for the small models (their committed numbers were made so), 0 = every core for the rest
+#: (a real model's run is generation-bound: one thread of two cores doubles it).
 _CPU_SMALL = {"edit_preset": "default", "seeds": (0, 1, 2), "baselines": True, "extras": True,
-              "ablations": (), "diagnose": False, "extra": None, "chapters": "notebooks", "sft_lr": 3e-3}
+              "ablations": (), "diagnose": False, "extra": None, "chapters": "notebooks", "sft_lr": 3e-3,
+              "threads": 1}
 _CPU_SLOW = {"edit_preset": "default", "seeds": (0,), "baselines": False, "extras": False,
-             "ablations": (), "diagnose": False, "extra": None, "chapters": "", "sft_lr": 2e-4}
+             "ablations": (), "diagnose": False, "extra": None, "chapters": "", "sft_lr": 2e-4, "threads": 0}
 #: A tiny random test model (mlsafe.tiny): one seed, every stage, no chapter of its own.
 _TINY = {**_CPU_SMALL, "seeds": (0,), "chapters": ""}
 #: A real instruct model on CPU: generation dominates, so the random-neuron control gets
@@ -220,10 +224,20 @@ def _as_make(value) -> str:
     return str(value)
 
 
+def threads_for(spec: str) -> int:
+    """The torch threads of MODEL's run by its policy: "threads", 0 meaning every core this
+    process may use."""
+    import os
+
+    n = int(backend_for(spec).defaults.get("threads", 1))
+    return n if n > 0 else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def main(argv=None) -> int:
     """`python -m mlsafe.backends get MODEL KEY` prints one policy value of MODEL's backend (for
     make); `python -m mlsafe.backends missing-extra MODEL` prints the pip extra to install when
-    it is not installed yet (nothing otherwise); `python -m mlsafe.backends list` the names."""
+    it is not installed yet (nothing otherwise); `python -m mlsafe.backends threads MODEL` the
+    torch threads of its run (`threads_for`); `python -m mlsafe.backends list` the names."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m mlsafe.backends", description=main.__doc__)
@@ -233,10 +247,15 @@ def main(argv=None) -> int:
     g.add_argument("key")
     m = sub.add_parser("missing-extra")
     m.add_argument("model")
+    t = sub.add_parser("threads")
+    t.add_argument("model")
     sub.add_parser("list")
     args = ap.parse_args(argv)
     if args.cmd == "list":
         print("\n".join(BACKENDS))
+        return 0
+    if args.cmd == "threads":
+        print(threads_for(args.model))
         return 0
     backend = backend_for(args.model)
     if args.cmd == "get":

@@ -124,6 +124,31 @@ def target_runs_frame(summaries: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+#: summary["timing"] keys of a run's stages, in pipeline order, and their names in the book.
+STAGES = {"load_seconds": "load model and suite", "fit_seconds": "1. fit the edit",
+          "evaluate_seconds": "2. evaluate unedited", "evaluate_edited_seconds": "3. evaluate edited",
+          "control_seconds": "4. random control", "kl_seconds": "5. first-token KL"}
+
+
+def timing_frame(summary: dict) -> pd.DataFrame:
+    """Minutes and share of the run of each stage in summary["timing"] (STAGES; a stage an older
+    run did not time is left out), then "other" (what run_seconds holds beyond them: writing
+    files) and "whole run"; column `tokens/s` holds, in the whole run's row, the generation
+    speed the summary records."""
+    t = summary["timing"]
+    run = t.get("run_seconds")
+    rows = [(name, t[key]) for key, name in STAGES.items() if t.get(key) is not None]
+    if run is not None:
+        rows += [("other", max(run - sum(v for _, v in rows), 0.0)), ("whole run", run)]
+    df = pd.DataFrame(rows, columns=["stage", "seconds"]).set_index("stage")
+    df["minutes"] = df["seconds"] / 60
+    df["share of run"] = df["seconds"] / run if run else float("nan")
+    df["tokens/s"] = float("nan")
+    if run is not None and t.get("tokens_per_second"):
+        df.loc["whole run", "tokens/s"] = t["tokens_per_second"]
+    return df[["minutes", "share of run", "tokens/s"]]
+
+
 def tier_means(values: dict[str, float]) -> dict[str, float]:
     """Mean of a per-language value by the paper's resource tier (source, high, medium, low)."""
     out: dict[str, list[float]] = {}

@@ -19,6 +19,12 @@ Sections (each prints its goal beside the figure; goals are printed, never asser
    converted weights are cached (otherwise skipped, saying why; never downloads).
 5. edit / training: the ratios in results/<MODEL>/<LANG>/cost.json, which `python -m mlsafe baselines --only cost`
    (run just before by `make bench`) writes, when that file exists.
+6. generation: on the same real model and GEN_PROMPTS of its target-language harmful evaluation
+   prompts (a seeded sample), the margin pass plain (left-padded, input order), by length, and
+   by length with the shared template prefix (mlsafe.evaluate.prefix); and greedy generation
+   as before (model.generate, 32 rows, no prefix) against the suite's path (the plain greedy
+   loop, the shared prefix, its batch size and token budget), with the share of identical
+   responses and the largest difference of the first-token log-probabilities.
 
 Writes results/bench/bench.json atomically (mlsafe.results.write_json): every figure, the
 machine (CPU count, torch threads, OMP_NUM_THREADS, the load average before each section),
@@ -53,6 +59,7 @@ SOLVE_ROWS, SOLVE_RUNS = 2000, 3
 MEMORY_TOPICS = (48, 192)               # anchor counts (parallel ids x 3 languages) of section 3
 MEMORY_TOLERANCE = (0.10, 16.0)         # relative, MiB: "same peak" if within the larger
 REAL_MODEL, REAL_IDS, REAL_TARGETS = "qwen2.5-coder-0.5b", 4, ("th",)   # 4 ids: 1 for validation
+GEN_PROMPTS, GEN_OLD_BATCH = 128, 32    # section 6: prompts, and the batch of the path before issue 17's work
 CHILD_TAG = "BENCH_CHILD "
 GOALS = {"solve_over_floor": 3.0, "fit_over_forward": 1.5, "edit_over_training": 10.0}
 
@@ -176,6 +183,45 @@ def child_real(spec: str, n_ids: int, targets: tuple[str, ...]) -> dict:
               f"candidate layers, {torch.get_num_threads()} thread(s))"))
     return {"model": spec, "parallel_ids": n_ids, "targets": list(targets), "harmful_anchors": len(harmful),
             "harmless_anchors": len(harmless), "load_seconds": load_s, "fits": fits, "memory": mem}
+
+
+def child_generation(spec: str, n: int = GEN_PROMPTS) -> dict:
+    """Section 6 in this process (its docstring entry in the module's)."""
+    import random
+
+    from mlsafe import pipeline
+    from mlsafe.evaluate.generate import generate_scored
+    from mlsafe.evaluate.margin import language_token_sets, next_token_logprobs, union_ids
+
+    lm, suite = pipeline.load(spec)
+    prompts = [p for p in suite.eval_harmful if p.lang != "en"]
+    random.Random(0).shuffle(prompts)
+    prompts = prompts[:n]
+    texts = [p.text for p in prompts]
+    ids = union_ids(language_token_sets(lm.tokenizer, [p.lang for p in prompts], refusal_starts=suite.refusal_starts,
+                                        comply_starts=suite.comply_starts))
+    margins = {}
+    for name, kw in (("plain", dict(share_prefix=False, sort_by_length=False)),
+                     ("by_length", dict(share_prefix=False)), ("by_length_prefix", {})):
+        t0 = time.perf_counter()
+        lp = next_token_logprobs(lm.model, lm.tokenizer, texts, ids, **kw)
+        margins[name] = {"seconds": time.perf_counter() - t0, "logp": lp}
+    gen = {}
+    for name, kw in (("before", dict(batch_size=GEN_OLD_BATCH, share_prefix=False, greedy_loop=False)),
+                     ("suite", dict(batch_size=suite.batch_size, batch_tokens=suite.batch_tokens))):
+        st: dict = {}
+        texts_out, lp = generate_scored(lm.model, lm.tokenizer, texts, ids, max_new_tokens=suite.max_new_tokens,
+                                        progress=False, sort_by_length=True, stats=st, **kw)
+        gen[name] = {"seconds": st["seconds"], "new_tokens": st["new_tokens"], "texts": texts_out, "logp": lp}
+    ref = margins["plain"]["logp"]
+    return {"model": spec, "prompts": n, "max_new_tokens": suite.max_new_tokens,
+            "batch_size": suite.batch_size, "batch_tokens": suite.batch_tokens,
+            "margin_seconds": {k: v["seconds"] for k, v in margins.items()},
+            "margin_max_abs_diff": max(float((v["logp"] - ref).abs().max()) for v in margins.values()),
+            "generation": {k: {"seconds": v["seconds"], "new_tokens": v["new_tokens"],
+                               "tokens_per_second": v["new_tokens"] / v["seconds"]} for k, v in gen.items()},
+            "same_responses": sum(a == b for a, b in zip(gen["before"]["texts"], gen["suite"]["texts"])) / n,
+            "first_logp_max_abs_diff": float((gen["before"]["logp"] - gen["suite"]["logp"]).abs().max())}
 
 
 def run_child(args: list[str], timeout: float) -> dict:
@@ -317,6 +363,29 @@ def section_cost(model: str | None, lang: str | None, preset: str = "paper") -> 
     return out
 
 
+def section_generation(enabled: bool) -> dict:
+    print(f"\n== 6. generation and margin passes: {REAL_MODEL} ({GEN_PROMPTS} target-language harmful prompts)")
+    why = "--no-real given" if not enabled else real_model_status()
+    if why:
+        print(f"skipped: {why}")
+        return {"skipped": why}
+    res = run_child(["--child", "gen", "--model", REAL_MODEL], timeout=1800)
+    if "error" in res:
+        print(f"failed: {res['error']}")
+        return {"skipped": f"failed: {res['error']}"}
+    m, g = res["margin_seconds"], res["generation"]
+    print(f"margin pass: plain {m['plain']:.1f} s, by length {m['by_length']:.1f} s, + shared prefix "
+          f"{m['by_length_prefix']:.1f} s ({m['plain'] / m['by_length_prefix']:.2f}x); "
+          f"largest |log p| difference {res['margin_max_abs_diff']:.1e}")
+    b, f = g["before"], g["suite"]
+    print(f"generation ({res['max_new_tokens']} new tokens): generate(), {GEN_OLD_BATCH} rows, no prefix "
+          f"{b['seconds']:.1f} s ({b['tokens_per_second']:.0f} tokens/s); greedy loop + prefix, {res['batch_size']} "
+          f"rows / {res['batch_tokens']} tokens {f['seconds']:.1f} s ({f['tokens_per_second']:.0f} tokens/s): "
+          f"{b['seconds'] / f['seconds']:.2f}x; identical responses {res['same_responses']:.1%}, largest first-token "
+          f"|log p| difference {res['first_logp_max_abs_diff']:.1e}")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "bench.json")
@@ -324,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cost-lang", default="th")
     ap.add_argument("--cost-preset", default="paper", help="the preset of that cost.json (mlsafe.presets)")
     ap.add_argument("--no-real", action="store_true", help=f"skip section 4 ({REAL_MODEL})")
-    ap.add_argument("--child", choices=("memory", "real"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("memory", "real", "gen"), help=argparse.SUPPRESS)
     ap.add_argument("--topics", type=int, default=MEMORY_TOPICS[0], help=argparse.SUPPRESS)
     ap.add_argument("--model", default=REAL_MODEL, help=argparse.SUPPRESS)
     ap.add_argument("--ids", type=int, default=REAL_IDS,
@@ -335,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()))
     if args.child == "memory":
         print(CHILD_TAG + json.dumps(child_memory(args.topics)), flush=True)
+        return 0
+    if args.child == "gen":
+        print(CHILD_TAG + json.dumps(child_generation(args.model)), flush=True)
         return 0
     if args.child == "real":
         print(CHILD_TAG + json.dumps(child_real(args.model, args.ids, tuple(args.targets.split(",")))), flush=True)
@@ -349,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     loads, seconds, out = {}, {}, {"machine": info}
     for name, run in (("solve", section_solve), ("fit", section_fit), ("memory", section_memory),
                       ("real_model", lambda: section_real(not args.no_real, args.ids)),
-                      ("edit_vs_training", lambda: section_cost(args.cost_model, args.cost_lang, args.cost_preset))):
+                      ("edit_vs_training", lambda: section_cost(args.cost_model, args.cost_lang, args.cost_preset)),
+                      ("generation", lambda: section_generation(not args.no_real))):
         loads[name] = load_average()
         t0 = time.perf_counter()
         out[name] = run()

@@ -114,6 +114,10 @@ def test_policy_cli_reads_the_registry(capsys):
     assert capsys.readouterr().out.strip() == "multi_layer"
     assert backends.main(["get", "qwen2.5-coder-0.5b", "baselines"]) == 0
     assert capsys.readouterr().out.strip() == "0"
+    assert backends.main(["threads", "organism"]) == 0          # its committed numbers: one thread
+    assert capsys.readouterr().out.strip() == "1"
+    assert backends.main(["threads", "qwen2.5-coder-0.5b"]) == 0  # a real model: every core
+    assert int(capsys.readouterr().out) == len(__import__("os").sched_getaffinity(0))
     assert backends.main(["get", "organism", "no-such-key"]) == 2
     assert "no policy key" in capsys.readouterr().err
     # the extra of a registered packaged model is named only when it is missing

@@ -80,3 +80,21 @@ def test_a_chapters_own_model_rebuilds_only_that_chapter_in_the_book():
     lines = dry("reproduce", "MODEL=gemma-270m")
     assert papermill_outputs(lines) == ["book/chapters/08_gemma.ipynb"]
     assert book_builds(lines) == [(".", ".")]
+
+
+def test_reproduce_threads_follow_the_policy_unless_given():
+    """OMP_NUM_THREADS of the run: the backend's (mlsafe.backends.threads_for) when the user
+    gives none, the user's otherwise (environment or command line)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MAKE") and k not in ("MODEL", "MFLAGS", "OMP_NUM_THREADS")}
+
+    def run_line(*args, extra_env=None):
+        out = subprocess.run(["make", "-n", "--no-print-directory", "reproduce", *args], cwd=ROOT,
+                             env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return next(line for line in out.stdout.splitlines() if "-m mlsafe reproduce" in line)
+
+    assert run_line("MODEL=qwen2.5-coder-0.5b").startswith(
+        "OMP_NUM_THREADS=$(.venv/bin/python -m mlsafe.backends threads qwen2.5-coder-0.5b) ")
+    assert run_line("MODEL=qwen2.5-coder-0.5b", extra_env={"OMP_NUM_THREADS": "3"}).startswith("OMP_NUM_THREADS=3 ")
+    assert run_line("OMP_NUM_THREADS=4").startswith("OMP_NUM_THREADS=4 ")

@@ -109,30 +109,28 @@ def test_margin_logprobs_equal_with_and_without_the_shared_prefix(tiny_models):
 
 @pytest.mark.parametrize("share", [True, False])
 def test_greedy_loop_gives_generates_tokens(tiny_models, monkeypatch, share):
-    """The plain loop against model.generate (the fallback), with and without the shared prefix,
-    including rows that end early (an end token the model does produce)."""
+    """The plain loop against model.generate, with and without the shared prefix, including
+    rows that end early (an end token the model does produce)."""
+    from mlsafe import chat
+
     for name, model, tok in _models(tiny_models):
         texts = format_chat(tok, TEXTS)
         first = lambda x: torch.log_softmax(x.double(), -1)  # noqa: E731
         kw = dict(max_new_tokens=12, batch_size=3, progress=False, device=None, desc="", sort_by_length=True,
                   stats=None, first=first)
-        monkeypatch.setattr(gen_module, "plain_greedy", lambda m: False)
-        ref, ref_first = gen_module._generate(model, tok, texts, share_prefix=False, **kw)
+        ref, ref_first = gen_module._generate(model, tok, texts, share_prefix=False, greedy_loop=False, **kw)
+        got, got_first = gen_module._generate(model, tok, texts, share_prefix=share, **kw)
+        assert got == ref, name
+        assert torch.allclose(got_first, ref_first, atol=1e-5), name
         # make an end token of one the model emits mid-answer, so some rows stop early
-        eos_before = model.generation_config.eos_token_id
-        from mlsafe import chat
         one = torch.tensor([chat.encode_all(tok, texts[:1])[0]])
         mid = int(model.generate(input_ids=one, attention_mask=torch.ones_like(one), max_new_tokens=4,
                                  do_sample=False, pad_token_id=tok.pad_token_id)[0, -1])
-        monkeypatch.setattr(model.generation_config, "eos_token_id", [eos_before, mid])
-        ref_eos, _ = gen_module._generate(model, tok, texts, share_prefix=False, **kw)
-        monkeypatch.setattr(gen_module, "plain_greedy", greedy.plain_greedy)
+        monkeypatch.setattr(model.generation_config, "eos_token_id", [model.generation_config.eos_token_id, mid])
+        ref_eos, _ = gen_module._generate(model, tok, texts, share_prefix=False, greedy_loop=False, **kw)
         got_eos, _ = gen_module._generate(model, tok, texts, share_prefix=share, **kw)
-        monkeypatch.setattr(model.generation_config, "eos_token_id", eos_before)
-        got, got_first = gen_module._generate(model, tok, texts, share_prefix=share, **kw)
-        assert got == ref, name
+        monkeypatch.undo()
         assert got_eos == ref_eos and got_eos != got, name
-        assert torch.allclose(got_first, ref_first, atol=1e-5), name
 
 
 def test_generate_scored_batches_by_tokens(tiny_models, monkeypatch):

@@ -348,3 +348,15 @@ def test_seed_mechanism_frame_reads_seeds_json():
     assert list(f.index) == [0, 2] and f.loc[0, "th ASR before (%)"] == pytest.approx(79.0)
     assert f.loc[2, "S fires (vs English)"] == 0.5 and not f.loc[2, "graded"] and f.loc[0, "S ceiling"] == 0.8
     assert f.loc[0, "low tier ASR (%)"] == pytest.approx(90.0)
+
+
+def test_timing_frame_lists_the_stages_and_what_is_left():
+    t = {"load_seconds": 60.0, "fit_seconds": 120.0, "evaluate_seconds": 600.0, "evaluate_edited_seconds": 540.0,
+         "control_seconds": 300.0, "kl_seconds": 30.0, "tokens_per_second": 50.0, "run_seconds": 1800.0}
+    df = report.timing_frame({"timing": t})
+    assert list(df.index) == [*report.STAGES.values(), "other", "whole run"]
+    assert df.loc["other", "minutes"] == pytest.approx(150 / 60)
+    assert df.loc["whole run", "minutes"] == pytest.approx(30.0) and df.loc["whole run", "tokens/s"] == 50.0
+    assert df.loc["2. evaluate unedited", "share of run"] == pytest.approx(1 / 3)
+    old = report.timing_frame({"timing": {k: t[k] for k in ("fit_seconds", "evaluate_seconds", "run_seconds")}})
+    assert list(old.index) == ["1. fit the edit", "2. evaluate unedited", "other", "whole run"]

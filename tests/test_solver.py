@@ -372,3 +372,20 @@ def test_bench_real_section_prints_a_child_result_and_skips_with_the_reason(monk
     out = capsys.readouterr().out
     assert "whole fit 1.75 (goal <= 1.5: NOT met)" in out and "solve 2.0" in out
     assert bench.section_real(False) == {"skipped": "--no-real given"}
+
+
+def test_bench_generation_section_prints_the_speedups_and_skips_with_the_reason(monkeypatch, capsys):
+    bench, _ = _bench_modules()
+    fake = {"max_new_tokens": 32, "batch_size": 64, "batch_tokens": 8192, "margin_max_abs_diff": 1e-5,
+            "margin_seconds": {"plain": 50.0, "by_length": 35.0, "by_length_prefix": 20.0},
+            "generation": {"before": {"seconds": 80.0, "tokens_per_second": 50.0},
+                           "suite": {"seconds": 50.0, "tokens_per_second": 80.0}},
+            "same_responses": 1.0, "first_logp_max_abs_diff": 2e-5}
+    monkeypatch.setattr(bench, "real_model_status", lambda spec=bench.REAL_MODEL: None)
+    monkeypatch.setattr(bench, "run_child", lambda args, timeout: fake)
+    assert bench.section_generation(True) is fake
+    out = capsys.readouterr().out
+    assert "+ shared prefix 20.0 s (2.50x)" in out and ": 1.60x; identical responses 100.0%" in out
+    monkeypatch.setattr(bench, "run_child", lambda args, timeout: {"error": "exit 1: boom"})
+    assert bench.section_generation(True) == {"skipped": "failed: exit 1: boom"}
+    assert bench.section_generation(False) == {"skipped": "--no-real given"}

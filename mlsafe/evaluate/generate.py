@@ -135,7 +135,8 @@ def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_t
 def generate_scored(model, tokenizer, user_texts: Sequence[str], score_ids: Sequence[int], *,
                     max_new_tokens: int = 64, batch_size: int = 16, progress: bool = True, device=None,
                     sort_by_length: bool = False, desc: str = "generate",
-                    stats: dict | None = None, batch_tokens: int | None = None) -> tuple[list[str], torch.Tensor]:
+                    stats: dict | None = None, batch_tokens: int | None = None, share_prefix: bool = True,
+                    greedy_loop: bool = True) -> tuple[list[str], torch.Tensor]:
     """`generate`'s responses and, from the same forward pass, log p(t | prompt) at the
     generation position for each t in `score_ids`: float64 [N, len(score_ids)], input order.
 
@@ -148,6 +149,7 @@ def generate_scored(model, tokenizer, user_texts: Sequence[str], score_ids: Sequ
     return _generate(model, tokenizer, format_chat(tokenizer, user_texts), max_new_tokens=max_new_tokens,
                      batch_size=batch_size, progress=progress, device=device, desc=desc,
                      sort_by_length=sort_by_length, stats=stats, batch_tokens=batch_tokens,
+                     share_prefix=share_prefix, greedy_loop=greedy_loop,
                      first=lambda logits: torch.log_softmax(logits.double(), dim=-1).cpu()[:, idx])
 
 
@@ -166,13 +168,14 @@ def generate_with_first_logits(model, tokenizer, user_texts: Sequence[str], *, m
 
 @torch.no_grad()
 def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progress, device, desc,
-              sort_by_length, stats, first, share_prefix=True, batch_tokens=None
+              sort_by_length, stats, first, share_prefix=True, batch_tokens=None, greedy_loop=True
               ) -> tuple[list[str], torch.Tensor | None]:
     """The greedy loop; `first` (optional) maps each batch's first-step logits [B, vocab] to
     the rows returned beside the texts, concatenated in input order. The prompts' shared
     opening (the chat template's) is computed once per call unless `share_prefix` is False
     (mlsafe.evaluate.prefix). `batch_tokens`: batches also stop growing before rows x (longest
-    prompt + max_new_tokens) passes it (`token_batches`)."""
+    prompt + max_new_tokens) passes it (`token_batches`). `greedy_loop` False: always
+    model.generate (mlsafe.evaluate.greedy says when the loop may stand in for it)."""
     import time
 
     from tqdm.auto import tqdm
@@ -192,7 +195,7 @@ def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progr
     n_new, t0 = 0, time.perf_counter()
     n_shared = shared_prefix_len(rows) if share_prefix else 0
     prefix = SharedPrefix.compute(model, rows[0][:n_shared], device) if n_shared else None
-    window, plain, kwarg = sliding_window(model), plain_greedy(model), cache_kwarg(model)
+    window, plain, kwarg = sliding_window(model), greedy_loop and plain_greedy(model), cache_kwarg(model)
     with left_padded(tokenizer):
         for chunk in tqdm(list(token_batches(rows, batch_size, batch_tokens, max_new_tokens)), desc=desc,
                           disable=not progress):

@@ -72,11 +72,12 @@ def start_token_sets(tokenizer, refusal_starts: Sequence[str], comply_starts: Se
 @torch.no_grad()
 def next_token_logprobs(model, tokenizer, user_texts: Sequence[str], token_ids: Sequence[int], *,
                         batch_size: int = 16, device=None, system: str | None = None,
-                        share_prefix: bool = True) -> torch.Tensor:
+                        share_prefix: bool = True, sort_by_length: bool = True) -> torch.Tensor:
     """log p(token | chat-templated user text) at the generation position: float64 [N, len(token_ids)].
 
-    Prompts are batched by length, and the template's opening that every prompt shares is
-    computed once (mlsafe.evaluate.prefix; `share_prefix=False`: plain left padding); explicit
+    Prompts are batched by length (`sort_by_length`), and the template's opening that every
+    prompt shares is computed once (mlsafe.evaluate.prefix; `share_prefix=False`: plain left
+    padding); explicit
     position ids, so a prompt's value does not depend on its batch beyond the last bits.
     User texts are encoded as plain text (:mod:`mlsafe.chat`); one longer than the model's
     context is truncated from the end (one warning for all).
@@ -90,7 +91,7 @@ def next_token_logprobs(model, tokenizer, user_texts: Sequence[str], token_ids: 
     out = torch.zeros(len(ids), len(idx), dtype=torch.float64)
     with left_padded(tokenizer):
         for rows, logits in last_logits(model, ids, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
-                                        device=device, share_prefix=share_prefix):
+                                        device=device, share_prefix=share_prefix, sort_by_length=sort_by_length):
             out[rows] = torch.log_softmax(logits.double(), dim=-1).cpu()[:, idx]
     return out
 
