@@ -36,7 +36,7 @@ LAYERS = {
     "test_edit.py": INTEGRATION, "test_evaluate.py": INTEGRATION, "test_export.py": INTEGRATION,
     "test_finetune_peft.py": INTEGRATION, "test_gemma.py": INTEGRATION, "test_judges.py": INTEGRATION,
     "test_kl.py": INTEGRATION, "test_lab.py": INTEGRATION, "test_organism.py": INTEGRATION,
-    "test_packaged.py": INTEGRATION, "test_pipeline.py": INTEGRATION, "test_probe.py": INTEGRATION,
+    "test_packaged.py": INTEGRATION, "test_pipeline.py": INTEGRATION, "test_prefix.py": INTEGRATION, "test_probe.py": INTEGRATION,
     "test_real_data.py": INTEGRATION, "test_results.py": INTEGRATION, "test_tiny.py": INTEGRATION,
     "test_transfer.py": INTEGRATION, "test_stack.py": INTEGRATION, "test_trials.py": INTEGRATION,
     "reliability/": INTEGRATION,

@@ -18,7 +18,7 @@ import torch
 
 from mlsafe import chat
 from mlsafe.evaluate.generate import format_chat, left_padded, model_device, prompt_limit
-from mlsafe.evaluate.prefix import last_logits, length_order
+from mlsafe.evaluate.prefix import last_logits, length_order, shared_prefix_len
 from mlsafe.prompts import Prompt
 
 
@@ -45,7 +45,8 @@ def first_token_kl_per_prompt(model, tokenizer, prompts: Sequence[Prompt], edit,
     out = torch.zeros(len(ids), dtype=torch.float64)
     group = GROUP_BATCHES * batch_size
     with left_padded(tokenizer):
-        kw = dict(pad_id=tokenizer.pad_token_id, batch_size=batch_size, device=device, sort_by_length=False)
+        kw = dict(pad_id=tokenizer.pad_token_id, batch_size=batch_size, device=device, sort_by_length=False,
+                  n_shared=shared_prefix_len(ids))  # every group computes alike
         for g in range(0, len(order), group):
             rows = order[g:g + group]          # already by length: both passes batch them alike
             base = [logits for _, logits in last_logits(model, [ids[i] for i in rows], **kw)]

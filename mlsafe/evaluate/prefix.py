@@ -129,18 +129,20 @@ def length_order(rows: Sequence[Sequence[int]]) -> list[int]:
 
 @torch.no_grad()
 def last_logits(model, rows: Sequence[Sequence[int]], *, pad_id: int, batch_size: int, device,
-                share_prefix: bool = True, sort_by_length: bool = True
+                share_prefix: bool = True, sort_by_length: bool = True, n_shared: int | None = None
                 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Logits at each row's last position (the generation position of a chat prompt), batch by
     batch: yields (row indices, logits [B, vocab]) in the model's dtype. Rows go by length
     when `sort_by_length` (callers put them back with the indices); the shared prefix of all
     rows is computed once when `share_prefix` (module docstring; batches that would not fit a
-    sliding window go the plain way)."""
+    sliding window go the plain way). `n_shared`: the prefix length to use (a caller that splits
+    one set of rows into several calls passes shared_prefix_len of all of them, so every call
+    computes alike); default: the rows' own."""
     from mlsafe import chat
 
     extra = last_only_kwargs(model)
     order = length_order(rows) if sort_by_length else list(range(len(rows)))
-    n = shared_prefix_len(rows) if share_prefix else 0
+    n = (shared_prefix_len(rows) if n_shared is None else n_shared) if share_prefix else 0
     prefix = SharedPrefix.compute(model, rows[0][:n], device) if n else None
     window = sliding_window(model)
     if batch_size < 1:
