@@ -28,6 +28,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from mlsafe import chat
+
 #: The fewest shared tokens worth a cache (below this the plain path is used).
 MIN_SHARED = 4
 
@@ -138,15 +140,13 @@ def last_logits(model, rows: Sequence[Sequence[int]], *, pad_id: int, batch_size
     sliding window go the plain way). `n_shared`: the prefix length to use (a caller that splits
     one set of rows into several calls passes shared_prefix_len of all of them, so every call
     computes alike); default: the rows' own."""
-    from mlsafe import chat
-
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     extra = last_only_kwargs(model)
     order = length_order(rows) if sort_by_length else list(range(len(rows)))
     n = (shared_prefix_len(rows) if n_shared is None else n_shared) if share_prefix else 0
     prefix = SharedPrefix.compute(model, rows[0][:n], device) if n else None
     window = sliding_window(model)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         batch = [rows[i] for i in chunk]
