@@ -16,7 +16,9 @@ import torch
 from mlsafe import chat
 from mlsafe.chat import ChatText
 from mlsafe.evaluate.greedy import decode, end_tokens, plain_greedy
-from mlsafe.evaluate.prefix import SharedPrefix, cache_kwarg, fits, layout, positions, shared_prefix_len, sliding_window
+from mlsafe.evaluate.prefix import (
+    SharedPrefix, batch_inputs, cache_kwarg, length_order, positions, shared_prefix_len, sliding_window,
+)
 
 
 def format_chat(tokenizer, user_texts: Sequence[str], *, system: str | None = None) -> list[ChatText]:
@@ -185,8 +187,7 @@ def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progr
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = device or model_device(model)
     encoded = chat.encode_all(tokenizer, chat_texts, max_length=prompt_limit(model, tokenizer, max_new_tokens))
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if sort_by_length \
-        else list(range(len(encoded)))
+    order = length_order(encoded) if sort_by_length else list(range(len(encoded)))
     rows = [encoded[i] for i in order]
     eos = end_tokens(model)
     decoded: list[str] = []
@@ -199,21 +200,20 @@ def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progr
     with left_padded(tokenizer):
         for chunk in tqdm(list(token_batches(rows, batch_size, batch_tokens, max_new_tokens)), desc=desc,
                           disable=not progress):
-            shared = prefix is not None and fits(window, n_shared, chunk, max_new_tokens)
             # [prefix][padding][rest] with the prefix's cache, or plain left padding
-            enc = layout(n_shared, chunk, tokenizer.pad_token_id, device) if shared \
-                else pad_ids(tokenizer, chunk, device)
+            enc, skip, cache = batch_inputs(prefix, chunk, pad_id=tokenizer.pad_token_id, device=device,
+                                            window=window, new_tokens=max_new_tokens)
             if plain:  # greedy.decode: generate's tokens without its per-step overhead
-                skip = n_shared if shared else 0
-                cache = prefix.expanded(len(chunk)) if shared else DynamicCache(config=model.config)
                 new, logits = decode(model, enc["input_ids"][:, skip:], enc["attention_mask"],
-                                     positions(enc["attention_mask"])[:, skip:], cache=cache, cache_kwarg=kwarg,
-                                     max_new_tokens=max_new_tokens, eos=eos, pad_id=tokenizer.pad_token_id)
+                                     positions(enc["attention_mask"])[:, skip:],
+                                     cache=DynamicCache(config=model.config) if cache is None else cache,
+                                     cache_kwarg=kwarg, max_new_tokens=max_new_tokens, eos=eos,
+                                     pad_id=tokenizer.pad_token_id)
                 if first is not None:
                     scored.append(first(logits))
             else:
                 out = model.generate(
-                    **enc, **({kwarg: prefix.expanded(len(chunk))} if shared else {}),
+                    **enc, **({} if cache is None else {kwarg: cache}),
                     max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                     temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, **extra)
                 ids = out

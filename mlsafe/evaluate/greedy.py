@@ -18,6 +18,8 @@ from typing import Sequence
 
 import torch
 
+from mlsafe.evaluate.prefix import last_only_kwargs
+
 #: Generation-config fields that change greedy logits, with the values that do not.
 NEUTRAL: dict[str, tuple] = {
     "repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0),
@@ -54,8 +56,6 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positio
     input_ids / position_ids: the tokens still to feed (the whole prompt, or what follows a
     prefix already in `cache`); attention_mask covers the cache and those tokens.
     """
-    from mlsafe.evaluate.prefix import last_only_kwargs
-
     eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=input_ids.device)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
                 **{cache_kwarg: cache}, **last_only_kwargs(model))

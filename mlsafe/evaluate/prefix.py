@@ -113,6 +113,17 @@ def layout(n_prefix: int, rows: Sequence[Sequence[int]], pad_id: int, device) ->
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
+def batch_inputs(prefix: "SharedPrefix | None", rows: Sequence[Sequence[int]], *, pad_id: int, device,
+                 window: int | None, new_tokens: int = 0) -> tuple[dict, int, object | None]:
+    """One batch's inputs: (input_ids and attention_mask over the whole layout, the number of
+    leading tokens already in the cache, a fresh copy of the prefix's cache or None). The
+    prefix layout where `prefix` is given and the batch fits `window`; plain left padding
+    (nothing cached) otherwise."""
+    if prefix is not None and fits(window, len(prefix.ids), rows, new_tokens):
+        return (layout(len(prefix.ids), rows, pad_id, device), len(prefix.ids), prefix.expanded(len(rows)))
+    return {k: v.to(device) for k, v in chat.left_pad(rows, pad_id).items()}, 0, None
+
+
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count real tokens only (padding gets 0)."""
     return ((attention_mask.long().cumsum(-1) - 1).clamp(min=0)) * attention_mask.long()
@@ -149,13 +160,9 @@ def last_logits(model, rows: Sequence[Sequence[int]], *, pad_id: int, batch_size
     window = sliding_window(model)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        batch = [rows[i] for i in chunk]
-        if prefix is None or not fits(window, n, batch):
-            enc = {k: v.to(device) for k, v in chat.left_pad(batch, pad_id).items()}
-            out = model(**enc, position_ids=positions(enc["attention_mask"]), **extra)
-        else:
-            enc = layout(n, batch, pad_id, device)
-            pos = positions(enc["attention_mask"])[:, n:]
-            out = model(input_ids=enc["input_ids"][:, n:], attention_mask=enc["attention_mask"], position_ids=pos,
-                        use_cache=True, **{prefix.kwarg: prefix.expanded(len(batch))}, **extra)
+        enc, skip, cache = batch_inputs(prefix, [rows[i] for i in chunk], pad_id=pad_id, device=device,
+                                        window=window)
+        kw = {} if cache is None else {"use_cache": True, prefix.kwarg: cache}
+        out = model(input_ids=enc["input_ids"][:, skip:], attention_mask=enc["attention_mask"],
+                    position_ids=positions(enc["attention_mask"])[:, skip:], **kw, **extra)
         yield chunk, out.logits[:, -1, :]
