@@ -151,33 +151,37 @@ def run_seed(model_spec: str, targets: Sequence[str], *, device: str = "cpu", se
     edit, report = transfer.fit(lm.model, lm.tokenizer, suite.anchors_harmful, suite.anchors_harmless, cfg,
                                 margin=margin_fn(suite, lm.tokenizer), progress=progress, fingerprints=fps)
     fit_s = time.perf_counter() - t0
-    # 2. evaluate the unedited model (responses cached for real models: the same for every target)
+    # 2. evaluate the unedited model (responses cached for real models: the same for every target;
+    #    generated here, its harmless prompts' first-token logits are kept for 5.)
     t0 = time.perf_counter()
     base = response_cache_key(lm, suite, fps)
-    before = cached_evaluation(lm, suite, base, None, seed=seed, progress=progress)
+    before = cached_evaluation(lm, suite, base, None, seed=seed, progress=progress, keep_harmless_logits=True)
     eval_s = time.perf_counter() - t0
-    # 3. evaluate with the edit applied (keeping the harmless prompts' first-token logits for 5.)
+    # 3. evaluate with the edit applied (keeping the harmless prompts' first-token logits for 5.;
+    #    the unedited responses are the drafts its greedy decoding verifies: mlsafe.evaluate.draft)
     t0 = time.perf_counter()
     with edit.applied(lm.model, fingerprints=fps):
-        after = cached_evaluation(lm, suite, base, edit, seed=seed, progress=progress, keep_harmless_logits=True)
+        after = cached_evaluation(lm, suite, base, edit, seed=seed, progress=progress, keep_harmless_logits=True,
+                                  drafts=before)
     after_s = time.perf_counter() - t0
     # 4. the random-neuron control: same size, disjoint from S, same solver and statistics
     t0 = time.perf_counter()
     control = random_control(lm, suite, edit, report, cfg, targets, after, seed=seed, n_random=n_random,
-                             n_random_asr=n_random_asr, fingerprints=fps)
+                             n_random_asr=n_random_asr, fingerprints=fps, drafts=before)
     control_s = time.perf_counter() - t0
-    # 5. first-token KL from the unedited model on harmless prompts; the edited side comes from
-    #    step 3's generation when it ran here (one pass instead of two)
+    # 5. first-token KL from the unedited model on harmless prompts; each side comes from step
+    #    2's or 3's generation when it ran here (one pass or none instead of two)
     t0 = time.perf_counter()
     edited_logits, after.harmless_first_logits = after.harmless_first_logits, None
+    base_logits, before.harmless_first_logits = before.harmless_first_logits, None
     if not before.harmless:
         kl = {}
     elif edited_logits is not None:
         kl = ev.mean_by_lang(before.harmless, ev.first_token_kl_given(lm.model, lm.tokenizer, before.harmless,
-                                                                      edited_logits))
+                                                                      edited_logits, base_logits=base_logits))
     else:
         kl = ev.first_token_kl(lm.model, lm.tokenizer, before.harmless, edit)
-    del edited_logits
+    del edited_logits, base_logits
     kl_s = time.perf_counter() - t0
 
     sets = report.neuron_sets[report.layer]
@@ -240,12 +244,14 @@ HARMLESS_RESPONSE_CHARS = 300
 
 def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitReport, cfg: transfer.EditConfig,
                    targets: Sequence[str], after: Evaluation, *, seed: int, n_random: int,
-                   n_random_asr: int, fingerprints: Fingerprints | None = None) -> dict:
+                   n_random_asr: int, fingerprints: Fingerprints | None = None,
+                   drafts: Evaluation | None = None) -> dict:
     """The random-neuron control of the edit (lead 2 of the method issue): `n_random` sets of
     |S| neurons drawn disjoint from S at the edit's layer (mlsafe.controls), each solved
     with the same statistics and hyper-parameters. Margins on the target harmful prompts for
     every draw; ASR and paired tests against the edit (same prompts) for the first
-    `n_random_asr`. Returns the summary's random_control block."""
+    `n_random_asr`; `drafts` (the unedited evaluation) are verified rather than decoded there.
+    Returns the summary's random_control block."""
     harmful_t = [p for p in suite.eval_harmful if p.lang in targets]
     edit_j = [j for p, j in zip(after.harmful, after.judgments) if p.lang in targets]
     edit_m = [float(m) for p, m in zip(after.harmful, after.margins.tolist()) if p.lang in targets]
@@ -258,7 +264,8 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
                                         base_fingerprint=edit.base_fingerprint)
         with rand_edit.applied(lm.model, fingerprints=fingerprints):
             if k < n_random_asr:   # margins from the generation's first token: no pass of their own
-                asr, non_refusal, prompts, judgments, m = asr_of(lm.model, lm.tokenizer, suite, targets, seed=seed)
+                asr, non_refusal, prompts, judgments, m = asr_of(lm.model, lm.tokenizer, suite, targets, seed=seed,
+                                                                 drafts=drafts)
                 asrs.append(asr)
                 non_refusals.append(non_refusal)
                 # diff = control - edit: positive means the edit leaves fewer unsafe answers
@@ -307,16 +314,18 @@ def response_cache_key(lm: LoadedModel, suite: Suite, fingerprints: Fingerprints
 
 
 def cached_evaluation(lm: LoadedModel, suite: Suite, base: dict | None, edit, *, seed: int,
-                      progress: bool, keep_harmless_logits: bool = False) -> Evaluation:
+                      progress: bool, keep_harmless_logits: bool = False,
+                      drafts: Evaluation | None = None) -> Evaluation:
     """`evaluate`, with the generated responses kept in the cache for suites that ask for it
     (suite.cache_responses: the real models, where generation dominates). The key is
     `base` (response_cache_key of the unedited model) plus the edit's sha256 (or none);
     cached responses are judged again, so a new judge never reuses old verdicts. The cache
     also keeps the full text that committed files cut to 80 characters, and the refusal
     margins of the harmful prompts (a forward pass per prompt: minutes on a real model).
-    keep_harmless_logits: as in `evaluate`, for responses generated here (none from the cache)."""
+    keep_harmless_logits, drafts: as in `evaluate`, for responses generated here (none from the cache)."""
     if base is None:
-        return evaluate(lm, suite, progress=progress, seed=seed, keep_harmless_logits=keep_harmless_logits)
+        return evaluate(lm, suite, progress=progress, seed=seed, keep_harmless_logits=keep_harmless_logits,
+                        drafts=drafts)
     import hashlib
     import json
 
@@ -337,7 +346,7 @@ def cached_evaluation(lm: LoadedModel, suite: Suite, base: dict | None, edit, *,
         if kept is None:  # a cache file without these margins: add them
             write_json(path, {**got, "margins": res.margins.tolist(), "margin_starts": starts})
         return res
-    res = evaluate(lm, suite, progress=progress, seed=seed, keep_harmless_logits=keep_harmless_logits)
+    res = evaluate(lm, suite, progress=progress, seed=seed, keep_harmless_logits=keep_harmless_logits, drafts=drafts)
     write_json(path, {"key": {k: v for k, v in key_src.items() if k not in ("harmful", "harmless")},
                       "responses": res.responses, "harmless_responses": res.harmless_responses,
                       "margins": res.margins.tolist(), "margin_starts": starts, "timing": res.timing})

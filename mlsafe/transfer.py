@@ -40,6 +40,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +49,7 @@ from mlsafe import arch, neurons, probe, solver
 from mlsafe.edit import Fingerprints, SparseEdit, fingerprint
 from mlsafe.langs import LANGS, SOURCE, parse_codes
 from mlsafe.prompts import Prompt
+from mlsafe.trunk import Trunk
 
 MarginFn = Callable[[torch.nn.Module, list[Prompt]], torch.Tensor]
 SOLVERS = ("whitened", "naive", "nullspace", "ridge")
@@ -556,15 +558,23 @@ def _validation_groups(anchors: Anchors, cfg: EditConfig) -> tuple[list[Prompt],
 
 
 def validation_margins(model, anchors: Anchors, cfg: EditConfig, margin: MarginFn) -> list[float]:
-    """Mean margins on the validation anchors: target harmful, harmless, source harmful."""
-    return [margin(model, group).mean().item() for group in _validation_groups(anchors, cfg)]
+    """Mean margins on the validation anchors: target harmful, harmless, source harmful (one
+    margin call over all three groups)."""
+    groups = _validation_groups(anchors, cfg)
+    values = margin(model, [p for g in groups for p in g])
+    out, start = [], 0
+    for g in groups:
+        out.append(values[start:start + len(g)].mean().item())
+        start += len(g)
+    return out
 
 
 def _score(model, edit: SparseEdit, anchors: Anchors, cfg: EditConfig, margin: MarginFn,
-           before: list[float], fingerprints: Fingerprints) -> dict:
+           before: list[float], fingerprints: Fingerprints, trunk: Trunk | None = None) -> dict:
     """Validation score: margin gain on target harmful minus margin gain on harmless prompts
-    (and minus any margin lost on source harmful prompts); `before` = validation_margins unedited."""
-    with edit.applied(model, fingerprints=fingerprints):
+    (and minus any margin lost on source harmful prompts); `before` = validation_margins unedited.
+    `trunk`: recorded on that unedited pass at or below the edit's layer, replayed here."""
+    with edit.applied(model, fingerprints=fingerprints), (trunk.replay() if trunk else nullcontext()):
         after = validation_margins(model, anchors, cfg, margin)
     return score_gains(before, after)
 
@@ -650,9 +660,14 @@ def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt] 
                 if not row["confirmed"]:
                     row["score"] = float("-inf")   # not scored by margins
         t2 = time.perf_counter()
-        before = validation_margins(model, anchors, cfg, margin)
+        # the layers below the lowest scored candidate are run once (mlsafe.evaluate.trunk)
+        low = min(row["layer"] for row, _, _ in confirm)
+        trunk = Trunk(model, low) if low > 0 else None
+        with trunk.record() if trunk else nullcontext():
+            before = validation_margins(model, anchors, cfg, margin)
         for row, edit, _ in confirm:
-            row.update(_score(model, edit, anchors, cfg, margin, before, fps))
+            row.update(_score(model, edit, anchors, cfg, margin, before, fps, trunk))
+        del trunk
         clock["margins"] = time.perf_counter() - t2
     for row, _, _ in built:   # the key order of the margins-only rows before stage_seconds existed
         row["solve_seconds"] = row.pop("solve_seconds")

@@ -36,7 +36,8 @@ LAYERS = {
     "test_edit.py": INTEGRATION, "test_evaluate.py": INTEGRATION, "test_export.py": INTEGRATION,
     "test_finetune_peft.py": INTEGRATION, "test_gemma.py": INTEGRATION, "test_judges.py": INTEGRATION,
     "test_kl.py": INTEGRATION, "test_lab.py": INTEGRATION, "test_organism.py": INTEGRATION,
-    "test_packaged.py": INTEGRATION, "test_pipeline.py": INTEGRATION, "test_prefix.py": INTEGRATION, "test_probe.py": INTEGRATION,
+    "test_packaged.py": INTEGRATION, "test_pipeline.py": INTEGRATION, "test_prefix.py": INTEGRATION, "test_draft.py": INTEGRATION, "test_trunk.py": INTEGRATION,
+    "test_probe.py": INTEGRATION,
     "test_real_data.py": INTEGRATION, "test_results.py": INTEGRATION, "test_tiny.py": INTEGRATION,
     "test_transfer.py": INTEGRATION, "test_stack.py": INTEGRATION, "test_trials.py": INTEGRATION,
     "reliability/": INTEGRATION,
@@ -82,3 +83,39 @@ def tiny_loaded(tiny_dir):
 
     lm = load_model(str(tiny_dir), "cpu")
     return tiny_dir, lm, make_suite(lm, "auto", 0, "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Every architecture of mlsafe.tiny, loaded: {arch: LoadedModel}."""
+    from mlsafe import tiny
+    from mlsafe.models import load_model
+
+    folders = tiny.build(tmp_path_factory.mktemp("tiny_archs"), seed=0)
+    return {arch: load_model(str(path), "cpu") for arch, path in folders.items()}
+
+
+def _gemma3(tok, window: int):
+    """A random two-layer Gemma 3 (one sliding-window layer of `window` tokens) on `tok`."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=window,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                              bos_token_id=tok.bos_token_id, initializer_range=0.3)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model
+
+
+@pytest.fixture(scope="session")
+def fast_path_models(tiny_models):
+    """(name, model, tokenizer) of every tiny architecture plus Gemma 3 with a sliding window
+    shorter (8) and longer (512) than the test prompts: what the evaluation fast paths
+    (mlsafe.evaluate.prefix, greedy, draft) are checked on."""
+    out = [(arch, lm.model, lm.tokenizer) for arch, lm in tiny_models.items()]
+    tok = tiny_models["qwen2"].tokenizer
+    return out + [("gemma3-window-8", _gemma3(tok, 8), tok), ("gemma3-window-512", _gemma3(tok, 512), tok)]

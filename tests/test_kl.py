@@ -92,3 +92,10 @@ def test_edited_logits_from_generation_give_the_same_kl():
     assert not torch.allclose(given, given.flip(0), rtol=1e-4)
     with pytest.raises(ValueError, match="rows of edited logits"):
         first_token_kl_given(model, tok, PROMPTS[:2], logits)
+    # both sides from generation: no pass at all, the same KL
+    _, base = generate_with_first_logits(model, tok, texts, max_new_tokens=3, batch_size=3, progress=False,
+                                         sort_by_length=True)
+    no_pass = first_token_kl_given(None, None, PROMPTS, logits, base_logits=base)
+    assert torch.allclose(no_pass, two_pass, rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="rows of base logits"):
+        first_token_kl_given(None, None, PROMPTS, logits, base_logits=base[:2])

@@ -66,38 +66,8 @@ def test_sliding_window_only_where_layers_use_it():
 
 
 # ----------------------------------------------------------------------------- tiny models
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    from mlsafe import tiny
-    from mlsafe.models import load_model
-
-    folders = tiny.build(tmp_path_factory.mktemp("tiny_prefix"), seed=0)
-    return {arch: load_model(str(path), "cpu") for arch, path in folders.items()}
-
-
-def _gemma(tok, window):
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig
-
-    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=window,
-                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=1024,
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                              bos_token_id=tok.bos_token_id, initializer_range=0.3)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    model.generation_config.eos_token_id = tok.eos_token_id
-    return model
-
-
-def _models(tiny_models):
-    out = [(arch, lm.model, lm.tokenizer) for arch, lm in tiny_models.items()]
-    tok = tiny_models["qwen2"].tokenizer
-    out += [("gemma3-window-8", _gemma(tok, 8), tok), ("gemma3-window-512", _gemma(tok, 512), tok)]
-    return out
-
-
-def test_margin_logprobs_equal_with_and_without_the_shared_prefix(tiny_models):
-    for name, model, tok in _models(tiny_models):
+def test_margin_logprobs_equal_with_and_without_the_shared_prefix(fast_path_models):
+    for name, model, tok in fast_path_models:
         ids = list(range(40))
         shared = next_token_logprobs(model, tok, TEXTS, ids, batch_size=2)
         plain = next_token_logprobs(model, tok, TEXTS, ids, batch_size=2, share_prefix=False)
@@ -108,12 +78,12 @@ def test_margin_logprobs_equal_with_and_without_the_shared_prefix(tiny_models):
 
 
 @pytest.mark.parametrize("share", [True, False])
-def test_greedy_loop_gives_generates_tokens(tiny_models, monkeypatch, share):
+def test_greedy_loop_gives_generates_tokens(fast_path_models, monkeypatch, share):
     """The plain loop against model.generate, with and without the shared prefix, including
     rows that end early (an end token the model does produce)."""
     from mlsafe import chat
 
-    for name, model, tok in _models(tiny_models):
+    for name, model, tok in fast_path_models:
         texts = format_chat(tok, TEXTS)
         first = lambda x: torch.log_softmax(x.double(), -1)  # noqa: E731
         kw = dict(max_new_tokens=12, batch_size=3, progress=False, device=None, desc="", sort_by_length=True,

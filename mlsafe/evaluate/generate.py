@@ -15,9 +15,11 @@ import torch
 
 from mlsafe import chat
 from mlsafe.chat import ChatText
-from mlsafe.evaluate.greedy import decode, end_tokens, plain_greedy
+from mlsafe.evaluate.greedy import decode, end_token, end_tokens, plain_greedy
+from mlsafe.evaluate.draft import draft_ids, verify
 from mlsafe.evaluate.prefix import (
     SharedPrefix, batch_inputs, cache_kwarg, length_order, positions, shared_prefix_len, sliding_window,
+    token_batches,
 )
 
 
@@ -68,28 +70,6 @@ def batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
         yield items[start:start + batch_size]
 
 
-def token_batches(rows: Sequence[Sequence[int]], batch_size: int, max_tokens: int | None = None,
-                  extra: int = 0) -> Iterator[list]:
-    """Consecutive batches of at most `batch_size` rows that also keep rows x (longest row +
-    `extra`) within `max_tokens` (None: no such limit; a row alone may pass it). With rows
-    sorted by length, short prompts go in wide batches (a decode step costs little more for
-    more rows on a CPU) and long ones in narrow ones (issue 17)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    chunk: list = []
-    longest = 0
-    for row in rows:
-        wide = max(longest, len(row))
-        if chunk and (len(chunk) == batch_size
-                      or (max_tokens is not None and (len(chunk) + 1) * (wide + extra) > max_tokens)):
-            yield chunk
-            chunk, wide = [], len(row)
-        chunk.append(row)
-        longest = wide
-    if chunk:
-        yield chunk
-
-
 def encode(tokenizer, texts: Sequence[str], device, *, max_length: int | None = None) -> dict:
     """Left-padded batch encoding of already-templated texts (call inside `left_padded`).
 
@@ -115,7 +95,7 @@ def prompt_limit(model, tokenizer, new_tokens: int = 0) -> int | None:
 def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_tokens: int = 64,
                        batch_size: int = 16, batch_tokens: int | None = None, progress: bool = True, device=None,
                        desc: str = "generate", sort_by_length: bool = False,
-                       stats: dict | None = None) -> list[str]:
+                       stats: dict | None = None, drafts: Sequence[str] | None = None) -> list[str]:
     """Greedy continuations of already-templated texts; decoded new tokens only, in input order.
 
     Texts are encoded by :func:`mlsafe.chat.encode_all` (give :class:`~mlsafe.chat.ChatText`
@@ -127,104 +107,88 @@ def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_t
     batch stops as soon as its rows end); outputs are returned in the input order. Batch
     composition changes padding, which can change the last bits of the logits, so compare
     runs made with the same setting. stats: a dict that receives "new_tokens" (generated
-    tokens up to and including each row's first end-of-sequence token) and "seconds".
+    tokens up to and including each row's first end-of-sequence token) and "seconds". drafts:
+    a draft response per text, verified rather than decoded (`_generate`; same responses).
     """
     return _generate(model, tokenizer, chat_texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                      progress=progress, device=device, desc=desc, sort_by_length=sort_by_length,
-                     stats=stats, first=None, batch_tokens=batch_tokens)[0]
+                     stats=stats, first=None, batch_tokens=batch_tokens, drafts=drafts)[0]
 
 
 def generate_scored(model, tokenizer, user_texts: Sequence[str], score_ids: Sequence[int], *,
                     max_new_tokens: int = 64, batch_size: int = 16, progress: bool = True, device=None,
                     sort_by_length: bool = False, desc: str = "generate",
                     stats: dict | None = None, batch_tokens: int | None = None, share_prefix: bool = True,
-                    greedy_loop: bool = True) -> tuple[list[str], torch.Tensor]:
+                    greedy_loop: bool = True, drafts: Sequence[str] | None = None) -> tuple[list[str], torch.Tensor]:
     """`generate`'s responses and, from the same forward pass, log p(t | prompt) at the
     generation position for each t in `score_ids`: float64 [N, len(score_ids)], input order.
 
     The first generated token is read from exactly the logits a separate forward pass at the
     generation position would give (mlsafe.evaluate.margin.next_token_logprobs), so the
     refusal margin of a prompt costs no pass of its own (issue 17); values can differ in the
-    last bits where the batch composition differs.
+    last bits where the batch composition differs. `drafts`: as in `_generate`.
     """
     idx = torch.tensor(list(score_ids), dtype=torch.long)
     return _generate(model, tokenizer, format_chat(tokenizer, user_texts), max_new_tokens=max_new_tokens,
                      batch_size=batch_size, progress=progress, device=device, desc=desc,
                      sort_by_length=sort_by_length, stats=stats, batch_tokens=batch_tokens,
-                     share_prefix=share_prefix, greedy_loop=greedy_loop,
+                     share_prefix=share_prefix, greedy_loop=greedy_loop, drafts=drafts,
                      first=lambda logits: torch.log_softmax(logits.double(), dim=-1).cpu()[:, idx])
 
 
 def generate_with_first_logits(model, tokenizer, user_texts: Sequence[str], *, max_new_tokens: int = 64,
                                batch_size: int = 16, progress: bool = True, device=None,
                                sort_by_length: bool = False, desc: str = "generate",
-                               stats: dict | None = None, batch_tokens: int | None = None) -> tuple[list[str], torch.Tensor]:
+                               stats: dict | None = None, batch_tokens: int | None = None,
+                               drafts: Sequence[str] | None = None) -> tuple[list[str], torch.Tensor]:
     """`generate`'s responses and the raw logits at the generation position (the first
     generated token's), float32 [N, vocab] on the CPU, input order: the edited side of the
-    first-token KL without a pass of its own (mlsafe.evaluate.kl.first_token_kl_given)."""
+    first-token KL without a pass of its own (mlsafe.evaluate.kl.first_token_kl_given).
+    `drafts`: as in `_generate`."""
     return _generate(model, tokenizer, format_chat(tokenizer, user_texts), max_new_tokens=max_new_tokens,
                      batch_size=batch_size, progress=progress, device=device, desc=desc,
-                     sort_by_length=sort_by_length, stats=stats, batch_tokens=batch_tokens,
+                     sort_by_length=sort_by_length, stats=stats, batch_tokens=batch_tokens, drafts=drafts,
                      first=lambda logits: logits.float().cpu())
 
 
 @torch.no_grad()
 def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progress, device, desc,
-              sort_by_length, stats, first, share_prefix=True, batch_tokens=None, greedy_loop=True
-              ) -> tuple[list[str], torch.Tensor | None]:
+              sort_by_length, stats, first, share_prefix=True, batch_tokens=None, greedy_loop=True,
+              drafts=None) -> tuple[list[str], torch.Tensor | None]:
     """The greedy loop; `first` (optional) maps each batch's first-step logits [B, vocab] to
     the rows returned beside the texts, concatenated in input order. The prompts' shared
     opening (the chat template's) is computed once per call unless `share_prefix` is False
     (mlsafe.evaluate.prefix). `batch_tokens`: batches also stop growing before rows x (longest
     prompt + max_new_tokens) passes it (`token_batches`). `greedy_loop` False: always
-    model.generate (mlsafe.evaluate.greedy says when the loop may stand in for it)."""
+    model.generate (mlsafe.evaluate.greedy says when the loop may stand in for it). `drafts`:
+    a draft response per text (e.g. the unedited model's), verified in one pass per batch
+    where the loop may run (mlsafe.evaluate.draft): the same tokens, fewer decode steps."""
     import time
-
-    from tqdm.auto import tqdm
-    from transformers import DynamicCache
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if drafts is not None and len(drafts) != len(chat_texts):
+        raise ValueError(f"{len(chat_texts)} prompts but {len(drafts)} drafts")
     device = device or model_device(model)
     encoded = chat.encode_all(tokenizer, chat_texts, max_length=prompt_limit(model, tokenizer, max_new_tokens))
     order = length_order(encoded) if sort_by_length else list(range(len(encoded)))
     rows = [encoded[i] for i in order]
     eos = end_tokens(model)
-    decoded: list[str] = []
-    scored: list[torch.Tensor] = []
-    extra = {} if first is None else {"output_logits": True, "return_dict_in_generate": True}
-    n_new, t0 = 0, time.perf_counter()
+    t0 = time.perf_counter()
     n_shared = shared_prefix_len(rows) if share_prefix else 0
     prefix = SharedPrefix.compute(model, rows[0][:n_shared], device) if n_shared else None
-    window, plain, kwarg = sliding_window(model), greedy_loop and plain_greedy(model), cache_kwarg(model)
+    dec = _Decoder(model, tokenizer, prefix, device=device, eos=eos, batch_size=batch_size,
+                   batch_tokens=batch_tokens, greedy_loop=greedy_loop)
     with left_padded(tokenizer):
-        for chunk in tqdm(list(token_batches(rows, batch_size, batch_tokens, max_new_tokens)), desc=desc,
-                          disable=not progress):
-            # [prefix][padding][rest] with the prefix's cache, or plain left padding
-            enc, skip, cache = batch_inputs(prefix, chunk, pad_id=tokenizer.pad_token_id, device=device,
-                                            window=window, new_tokens=max_new_tokens)
-            if plain:  # greedy.decode: generate's tokens without its per-step overhead
-                new, logits = decode(model, enc["input_ids"][:, skip:], enc["attention_mask"],
-                                     positions(enc["attention_mask"])[:, skip:],
-                                     cache=DynamicCache(config=model.config) if cache is None else cache,
-                                     cache_kwarg=kwarg, max_new_tokens=max_new_tokens, eos=eos,
-                                     pad_id=tokenizer.pad_token_id)
-                if first is not None:
-                    scored.append(first(logits))
-            else:
-                out = model.generate(
-                    **enc, **({} if cache is None else {kwarg: cache}),
-                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                    temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, **extra)
-                ids = out
-                if first is not None:
-                    ids = out.sequences
-                    scored.append(first(out.logits[0]))
-                new = ids[:, enc["input_ids"].shape[1]:]
-            for row in new.tolist():
-                ends = [k for k, t in enumerate(row) if t in eos]
-                n_new += ends[0] + 1 if ends else len(row)
-            decoded.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+        if drafts is not None and dec.plain:
+            new, scored = _verified(dec, rows, [drafts[i] for i in order], max_new_tokens, first, progress, desc)
+        else:
+            new, scored = dec.run(rows, max_new_tokens, first=first, progress=progress, desc=desc)
+    n_new = 0
+    for row in new:
+        ends = [k for k, t in enumerate(row) if t in eos]
+        n_new += ends[0] + 1 if ends else len(row)
+    decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
     if stats is not None:
         stats.update(new_tokens=n_new, seconds=time.perf_counter() - t0)
     texts = [""] * len(chat_texts)
@@ -235,17 +199,94 @@ def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progr
     if not scored:
         return texts, torch.zeros(0)
     stacked = torch.cat(scored)
-    rows = torch.empty_like(stacked)
-    rows[torch.tensor(order, dtype=torch.long)] = stacked
-    return texts, rows
+    out = torch.empty_like(stacked)
+    out[torch.tensor(order, dtype=torch.long)] = stacked
+    return texts, out
+
+
+class _Decoder:
+    """Greedy decoding of token rows in batches (greedy.decode where the generation config
+    allows, model.generate otherwise), with the call's shared prefix."""
+
+    def __init__(self, model, tokenizer, prefix, *, device, eos, batch_size, batch_tokens, greedy_loop):
+        self.model, self.tokenizer, self.prefix, self.device, self.eos = model, tokenizer, prefix, device, eos
+        self.batch_size, self.batch_tokens = batch_size, batch_tokens
+        self.window, self.kwarg = sliding_window(model), cache_kwarg(model)
+        self.plain = greedy_loop and plain_greedy(model)
+
+    def run(self, rows, max_new_tokens: int, *, first=None, progress: bool = False, desc: str = ""
+            ) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """New tokens of every row (in order) and `first` of each batch's first-step logits."""
+        from tqdm.auto import tqdm
+        from transformers import DynamicCache
+
+        model, pad = self.model, self.tokenizer.pad_token_id
+        new_rows: list[list[int]] = []
+        scored: list[torch.Tensor] = []
+        for chunk in tqdm(list(token_batches(rows, self.batch_size, self.batch_tokens, max_new_tokens)), desc=desc,
+                          disable=not progress):
+            # [prefix][padding][rest] with the prefix's cache, or plain left padding
+            enc, skip, cache = batch_inputs(self.prefix, chunk, pad_id=pad, device=self.device,
+                                            window=self.window, new_tokens=max_new_tokens)
+            if self.plain:  # greedy.decode: generate's tokens without its per-step overhead
+                new, logits = decode(model, enc["input_ids"][:, skip:], enc["attention_mask"],
+                                     positions(enc["attention_mask"])[:, skip:],
+                                     cache=DynamicCache(config=model.config) if cache is None else cache,
+                                     cache_kwarg=self.kwarg, max_new_tokens=max_new_tokens, eos=self.eos,
+                                     pad_id=pad)
+            else:
+                extra = {} if first is None else {"output_logits": True, "return_dict_in_generate": True}
+                out = model.generate(
+                    **enc, **({} if cache is None else {self.kwarg: cache}),
+                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                    temperature=None, top_p=None, top_k=None, pad_token_id=pad, **extra)
+                ids, logits = (out, None) if first is None else (out.sequences, out.logits[0])
+                new = ids[:, enc["input_ids"].shape[1]:]
+            if first is not None:
+                scored.append(first(logits))
+            new_rows.extend(new.tolist())
+        return new_rows, scored
+
+
+def _verified(dec: _Decoder, rows, drafts, max_new_tokens: int, first, progress: bool, desc: str
+              ) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """Draft-verified greedy tokens of `rows` (mlsafe.evaluate.draft): one pass over prompt +
+    draft per batch, then the rows the drafts did not finish (and any verification left
+    unverified) decoded on from what was kept, in one decoding."""
+    from tqdm.auto import tqdm
+
+    ids = draft_ids(dec.tokenizer, drafts, end_id=end_token(dec.model), max_new_tokens=max_new_tokens)
+    with tqdm(total=len(rows), desc=f"{desc} (draft)", disable=not progress) as bar:
+        ver = verify(dec.model, rows, ids, prefix=dec.prefix, pad_id=dec.tokenizer.pad_token_id,
+                           device=dec.device, window=dec.window, eos=dec.eos, max_new_tokens=max_new_tokens,
+                           batch_size=dec.batch_size, batch_tokens=dec.batch_tokens, first=first,
+                           on_batch=bar.update)
+    n_ver = len(ver.tokens)
+    new = [list(t) for t in ver.tokens] + [[] for _ in rows[n_ver:]]
+    todo = [k for k in range(len(rows)) if k >= n_ver or not ver.done[k]]
+    scored = list(ver.first)
+    if todo:   # decoded on from prompt + kept tokens, each row to its own budget
+        rest = [list(rows[k]) + new[k] for k in todo]
+        sub = length_order(rest)
+        more, firsts = dec.run([rest[j] for j in sub], max_new_tokens - min(len(new[k]) for k in todo),
+                               first=first if n_ver < len(rows) else None, progress=progress, desc=f"{desc} (rest)")
+        for j, tokens in zip(sub, more):
+            k = todo[j]
+            new[k] = new[k] + tokens[:max_new_tokens - len(new[k])]
+        if firsts:   # the unverified rows' generation-position rows, in `rows` order
+            by_row = dict(zip((todo[j] for j in sub), torch.cat(firsts)))
+            scored.append(torch.stack([by_row[k] for k in range(n_ver, len(rows))]))
+    return new, scored
 
 
 def generate(model, tokenizer, user_texts: Sequence[str], *, max_new_tokens: int = 64,
              batch_size: int = 16, progress: bool = True, device=None,
              system: str | None = None, sort_by_length: bool = False, desc: str = "generate",
-             stats: dict | None = None, batch_tokens: int | None = None) -> list[str]:
-    """Greedy responses to user messages (chat template applied, left padding, responses only)."""
+             stats: dict | None = None, batch_tokens: int | None = None,
+             drafts: Sequence[str] | None = None) -> list[str]:
+    """Greedy responses to user messages (chat template applied, left padding, responses only;
+    `drafts` as in generate_from_chat)."""
     return generate_from_chat(model, tokenizer, format_chat(tokenizer, user_texts, system=system),
                               max_new_tokens=max_new_tokens, batch_size=batch_size,
                               progress=progress, device=device, sort_by_length=sort_by_length, desc=desc,
-                              stats=stats, batch_tokens=batch_tokens)
+                              stats=stats, batch_tokens=batch_tokens, drafts=drafts)

@@ -47,6 +47,13 @@ def end_tokens(model) -> set[int]:
     return set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
 
 
+def end_token(model) -> int | None:
+    """The generation config's first end-of-sequence token id (what a chat model emits at the end
+    of its turn where the config lists several), or None."""
+    eos = model.generation_config.eos_token_id
+    return (eos[0] if eos else None) if isinstance(eos, (list, tuple)) else eos
+
+
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
            cache, cache_kwarg: str, max_new_tokens: int, eos: Sequence[int], pad_id: int

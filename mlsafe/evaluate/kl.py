@@ -66,13 +66,17 @@ def _kl_rows(base: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def first_token_kl_given(model, tokenizer, prompts: Sequence[Prompt], edited_logits: torch.Tensor, *,
-                         batch_size: int = 16, device=None) -> torch.Tensor:
+                         batch_size: int = 16, device=None, base_logits: torch.Tensor | None = None) -> torch.Tensor:
     """KL(p_base || p_edited) per prompt where the edited logits at the generation position are
     already known (float32 [N, vocab], e.g. from the edited model's harmless generation:
-    mlsafe.evaluate.generate.generate_with_first_logits); one unedited pass. Equal to
+    mlsafe.evaluate.generate.generate_with_first_logits); one unedited pass, or none where the
+    unedited model's are known too (`base_logits`, e.g. from its own generation). Equal to
     first_token_kl_per_prompt up to the last bits of a different batch composition."""
-    if edited_logits.shape[0] != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {edited_logits.shape[0]} rows of edited logits")
+    for name, rows in (("edited", edited_logits), ("base", base_logits)):
+        if rows is not None and rows.shape[0] != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {rows.shape[0]} rows of {name} logits")
+    if base_logits is not None:
+        return _kl_rows(base_logits, edited_logits)
     device = device or model_device(model)
     ids = chat.encode_all(tokenizer, format_chat(tokenizer, [p.text for p in prompts]),
                           max_length=prompt_limit(model, tokenizer))

@@ -157,13 +157,9 @@ def language_margins(model, tokenizer, prompts: Sequence[Prompt], *,
     include_english, since models often answer other languages in English); [N] in input order."""
     sets = language_token_sets(tokenizer, [p.lang for p in prompts], refusal_starts=refusal_starts,
                                comply_starts=comply_starts, include_english=include_english)
-    out = torch.empty(len(prompts), dtype=torch.float64)
-    for lang, (r, c) in sets.items():   # one pass per language: batches as before the fused path
-        where = [i for i, p in enumerate(prompts) if p.lang == lang]
-        lp = next_token_logprobs(model, tokenizer, [prompts[i].text for i in where], r + c,
-                                 batch_size=batch_size, device=device)
-        out[where] = margin_from_logprobs(lp, len(r))
-    return out
+    ids = union_ids(sets)   # one pass over every language, batched by length
+    lp = next_token_logprobs(model, tokenizer, [p.text for p in prompts], ids, batch_size=batch_size, device=device)
+    return margins_from_table(prompts, lp, ids, sets)
 
 
 def mean_by_lang(prompts: Sequence[Prompt], values) -> dict[str, float]:

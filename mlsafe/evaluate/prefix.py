@@ -129,10 +129,38 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return ((attention_mask.long().cumsum(-1) - 1).clamp(min=0)) * attention_mask.long()
 
 
+def keep_kwargs(model, n: int) -> dict:
+    """`logits_to_keep=n` where the model takes it: the LM head then runs on the last n positions
+    only (a 262k-word vocabulary makes the full [batch, length, vocab] logits the dominant cost);
+    callers slice `[:, -n:]` for models without it."""
+    return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 def last_only_kwargs(model) -> dict:
-    """`logits_to_keep=1` where the model takes it: the LM head then runs on the last position only
-    (a 262k-word vocabulary makes the full [batch, length, vocab] logits the dominant cost)."""
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    """keep_kwargs(model, 1): logits at the last position only."""
+    return keep_kwargs(model, 1)
+
+
+def token_batches(rows: Sequence[Sequence[int]], batch_size: int, max_tokens: int | None = None,
+                  extra: int = 0) -> Iterator[list]:
+    """Consecutive batches of at most `batch_size` rows that also keep rows x (longest row +
+    `extra`) within `max_tokens` (None: no such limit; a row alone may pass it). With rows
+    sorted by length, short prompts go in wide batches (a decode step costs little more for
+    more rows on a CPU) and long ones in narrow ones (issue 17)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunk: list = []
+    longest = 0
+    for row in rows:
+        wide = max(longest, len(row))
+        if chunk and (len(chunk) == batch_size
+                      or (max_tokens is not None and (len(chunk) + 1) * (wide + extra) > max_tokens)):
+            yield chunk
+            chunk, wide = [], len(row)
+        chunk.append(row)
+        longest = wide
+    if chunk:
+        yield chunk
 
 
 def length_order(rows: Sequence[Sequence[int]]) -> list[int]:

@@ -66,16 +66,18 @@ def _rate_by(keys: Sequence[str], flags: Sequence[bool]) -> dict[str, float]:
 
 
 def harmful_responses(model, tokenizer, suite: "Suite", prompts: Sequence[Prompt], *, progress: bool = False,
-                      stats: dict | None = None, desc: str = "harmful") -> list[str]:
-    """Greedy responses to harmful prompts with the suite's generation settings."""
+                      stats: dict | None = None, desc: str = "harmful", drafts: Sequence[str] | None = None) -> list[str]:
+    """Greedy responses to harmful prompts with the suite's generation settings (`drafts`: a
+    draft response per prompt, verified rather than decoded; mlsafe.evaluate.draft)."""
     return generate(model, tokenizer, [p.text for p in prompts], max_new_tokens=suite.max_new_tokens,
                     batch_size=suite.batch_size, batch_tokens=suite.batch_tokens, progress=progress,
-                    sort_by_length=suite.sort_by_length, stats=stats, desc=desc)
+                    sort_by_length=suite.sort_by_length, stats=stats, desc=desc, drafts=drafts)
 
 
 def harmful_responses_and_margins(model, tokenizer, suite: "Suite", prompts: Sequence[Prompt], *,
                                   progress: bool = False, stats: dict | None = None,
-                                  desc: str = "harmful") -> tuple[list[str], torch.Tensor]:
+                                  desc: str = "harmful", drafts: Sequence[str] | None = None
+                                  ) -> tuple[list[str], torch.Tensor]:
     """`harmful_responses` and each prompt's refusal margin (the suite's start strings), the
     margins read from the first generated token's logits: no margin pass of their own."""
     sets = language_token_sets(tokenizer, [p.lang for p in prompts], refusal_starts=suite.refusal_starts,
@@ -83,15 +85,15 @@ def harmful_responses_and_margins(model, tokenizer, suite: "Suite", prompts: Seq
     ids = union_ids(sets)
     responses, logp = generate_scored(model, tokenizer, [p.text for p in prompts], ids,
                                       max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size,
-                                      batch_tokens=suite.batch_tokens, progress=progress, sort_by_length=suite.sort_by_length, stats=stats,
-                                      desc=desc)
+                                      batch_tokens=suite.batch_tokens, progress=progress,
+                                      sort_by_length=suite.sort_by_length, stats=stats, desc=desc, drafts=drafts)
     return responses, margins_from_table(prompts, logp, ids, sets)
 
 
 def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, progress: bool = True,
              seed: int = 0, responses: Sequence[str] | None = None,
              harmless_responses: Sequence[str] | None = None, margins: Sequence[float] | None = None,
-             keep_harmless_logits: bool = False) -> Evaluation:
+             keep_harmless_logits: bool = False, drafts: "Evaluation | None" = None) -> Evaluation:
     """ASR (judge on greedy responses), refusal margin, utility and over-refusal per language.
 
     `responses` / `harmless_responses`: responses already generated for exactly these prompts
@@ -99,25 +101,32 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
     `margins`: the refusal margins of the harmful prompts, likewise (float64, one per prompt).
     keep_harmless_logits: keep the first-token logits of freshly generated harmless responses
     (Evaluation.harmless_first_logits; float32 [N, vocab], about 0.6 MB per prompt at a 150k
-    vocabulary).
+    vocabulary). drafts: an evaluation of the same prompts (e.g. the unedited model's) whose
+    responses are verified as drafts where responses are generated here (same responses,
+    fewer decode steps: mlsafe.evaluate.draft).
     """
     harmful = [p for p in suite.eval_harmful if p.lang in langs]
     harmless = [p for p in suite.eval_harmless if p.lang in langs]
+    draft_h = draft_s = None
+    if drafts is not None:
+        draft_h = drafts_for(drafts.harmful, drafts.responses, harmful)
+        draft_s = drafts_for(drafts.harmless, drafts.harmless_responses, harmless)
     timing: dict = {}
     if responses is None:
         st: dict = {}
         if margins is None:
             responses, margins = harmful_responses_and_margins(model, tokenizer, suite, harmful,
-                                                               progress=progress, stats=st)
+                                                               progress=progress, stats=st, drafts=draft_h)
         else:
-            responses = harmful_responses(model, tokenizer, suite, harmful, progress=progress, stats=st)
+            responses = harmful_responses(model, tokenizer, suite, harmful, progress=progress, stats=st,
+                                          drafts=draft_h)
         timing["harmful"] = st
     first_logits = None
     if harmless_responses is None:
         st = {}
         kw = dict(max_new_tokens=suite.harmless_max_new_tokens or suite.max_new_tokens,
                   batch_size=suite.batch_size, batch_tokens=suite.batch_tokens, progress=progress,
-                  sort_by_length=suite.sort_by_length, stats=st, desc="harmless")
+                  sort_by_length=suite.sort_by_length, stats=st, desc="harmless", drafts=draft_s)
         texts = [p.text for p in harmless]
         if keep_harmless_logits:
             harmless_responses, first_logits = generate_with_first_logits(model, tokenizer, texts, **kw)
@@ -147,13 +156,23 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
                       _rate_by([p.source or "unknown" for p in harmless], refused), timing, first_logits)
 
 
-def asr_of(model, tokenizer, suite: "Suite", langs: Sequence[str], *, seed: int = 0
-           ) -> tuple[dict, dict, list, list, torch.Tensor]:
+def drafts_for(prompts: Sequence[Prompt], responses: Sequence[str], wanted: Sequence[Prompt]) -> list[str] | None:
+    """The responses of `prompts` in the order of `wanted` (drafts for mlsafe.evaluate.draft),
+    or None when some wanted prompt has none."""
+    by_id = {p.id: r for p, r in zip(prompts, responses)}
+    return [by_id[p.id] for p in wanted] if all(p.id in by_id for p in wanted) else None
+
+
+def asr_of(model, tokenizer, suite: "Suite", langs: Sequence[str], *, seed: int = 0,
+           drafts: Evaluation | None = None) -> tuple[dict, dict, list, list, torch.Tensor]:
     """ASR and non-refusal rate per language on the harmful prompts of `langs` only:
     ({lang: asr}, {lang: non_refusal}, prompts, judgments, margins); the margins come from
-    the same forward passes as the responses (harmful_responses_and_margins)."""
+    the same forward passes as the responses (harmful_responses_and_margins). drafts: as in
+    `evaluate`."""
     harmful = [p for p in suite.eval_harmful if p.lang in langs]
-    responses, margins = harmful_responses_and_margins(model, tokenizer, suite, harmful)
+    responses, margins = harmful_responses_and_margins(
+        model, tokenizer, suite, harmful,
+        drafts=None if drafts is None else drafts_for(drafts.harmful, drafts.responses, harmful))
     judgments = suite.judge.judge(harmful, responses)
     table = asr_table(harmful, judgments, seed=seed)
     asr, _ = summary_blocks(table)
