@@ -15,6 +15,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,6 +35,7 @@ from mlsafe.langs import LANGS, parse_targets, target_key
 from mlsafe.models import LoadedModel
 from mlsafe.results import check_rerun, results_dir, staged_run, summary_blocks, write_json
 from mlsafe.suites import Suite, edit_config, load, make_suite, margin_fn, organism_suite  # noqa: F401  (importable here)
+from mlsafe.trunk import Trunk
 
 #: The per-language metrics of `lang_metrics` (the columns baselines.csv and ablations.csv share).
 METRICS = ("asr", "utility", "over_refusal", "margin")
@@ -251,13 +253,18 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
     with the same statistics and hyper-parameters. Margins on the target harmful prompts for
     every draw; ASR and paired tests against the edit (same prompts) for the first
     `n_random_asr`; `drafts` (the unedited evaluation) are verified rather than decoded there.
-    Returns the summary's random_control block."""
+    The margin-only draws share the layers below the edit (mlsafe.trunk). Returns the
+    summary's random_control block."""
     harmful_t = [p for p in suite.eval_harmful if p.lang in targets]
     edit_j = [j for p, j in zip(after.harmful, after.judgments) if p.lang in targets]
     edit_m = [float(m) for p, m in zip(after.harmful, after.margins.tolist()) if p.lang in targets]
     margin = margin_fn(suite, lm.tokenizer)
     asrs, non_refusals, compares, compares_nr, margins, per_prompt = [], [], [], [], [], []
     draws = random_control_sets(edit.neurons, arch.d_ff(lm.model), seed, n_random, disjoint=True)
+    # every draw edits the same layer, so the layers below it are run once for all margin passes:
+    # recorded on the first (its edit leaves its layer's input as it was), replayed after
+    trunk = Trunk(lm.model, report.layer) if report.layer > 0 else None
+    recorded = False
     for k, idx in enumerate(draws):
         # the model is unedited here, so its fingerprint at this layer is the edit's own base
         rand_edit = transfer.build_edit(lm.model, report.layer, idx, report.stats, cfg,
@@ -275,7 +282,9 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
                                               [j.refusal is False for j in judgments], seed=seed,
                                               pooled=list(targets)))
             else:
-                m = margin(lm.model, harmful_t)
+                with (trunk.replay() if recorded else trunk.record()) if trunk else nullcontext():
+                    m = margin(lm.model, harmful_t)
+                recorded = trunk is not None
             margins.append(ev.mean_by_lang(harmful_t, m))
             per_prompt.append(m.double())
     mean = lambda rows: {lang: statistics.fmean(r[lang] for r in rows) for lang in rows[0]} if rows else {}  # noqa: E731

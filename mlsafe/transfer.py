@@ -21,7 +21,9 @@ into one X_low as the paper does:
    ``layer_selection="predicted"`` the candidates are first ranked by the closed-form
    fraction of the validation pairs' safety gap ||D_S||^2 their edit closes (from
    validation-pair Gram matrices streamed in the same pass, `predicted_gap_closed`), and
-   only the top ``confirm_top`` are scored by margins.
+   only the top ``confirm_top`` are scored by margins. The unedited validation pass records
+   the input of the lowest scored layer (mlsafe.trunk), and each candidate's pass replays
+   it: the layers below, which no candidate edits, run once.
 
 Statistics pass: ``stats_pass="separate"`` (default, the committed results' path) runs
 four collectors (English harmful prompts are read twice); ``stats_pass="fused"`` reads

@@ -24,7 +24,10 @@ Sections (each prints its goal beside the figure; goals are printed, never asser
    by length with the shared template prefix (mlsafe.evaluate.prefix); and greedy generation
    as before (model.generate, 32 rows, no prefix) against the suite's path (the plain greedy
    loop, the shared prefix, its batch size and token budget), with the share of identical
-   responses and the largest difference of the first-token log-probabilities.
+   responses and the largest difference of the first-token log-probabilities; then, with
+   each committed edit of DRAFT_EDITS applied (the paper preset's and the best preset's
+   LANG=all edits), the suite path decoding against verifying the unedited responses as
+   drafts (mlsafe.evaluate.draft).
 
 Writes results/bench/bench.json atomically (mlsafe.results.write_json): every figure, the
 machine (CPU count, torch threads, OMP_NUM_THREADS, the load average before each section),
@@ -60,6 +63,7 @@ MEMORY_TOPICS = (48, 192)               # anchor counts (parallel ids x 3 langua
 MEMORY_TOLERANCE = (0.10, 16.0)         # relative, MiB: "same peak" if within the larger
 REAL_MODEL, REAL_IDS, REAL_TARGETS = "qwen2.5-coder-0.5b", 4, ("th",)   # 4 ids: 1 for validation
 GEN_PROMPTS, GEN_OLD_BATCH = 128, 32    # section 6: prompts, and the batch of the path before issue 17's work
+DRAFT_EDITS = ("all", "all-best")       # section 6: committed edits (results/<model>/<run>/) for the draft path
 CHILD_TAG = "BENCH_CHILD "
 GOALS = {"solve_over_floor": 3.0, "fit_over_forward": 1.5, "edit_over_training": 10.0}
 
@@ -213,8 +217,30 @@ def child_generation(spec: str, n: int = GEN_PROMPTS) -> dict:
         texts_out, lp = generate_scored(lm.model, lm.tokenizer, texts, ids, max_new_tokens=suite.max_new_tokens,
                                         progress=False, sort_by_length=True, stats=st, **kw)
         gen[name] = {"seconds": st["seconds"], "new_tokens": st["new_tokens"], "texts": texts_out, "logp": lp}
+    edited = {}
+    for run in DRAFT_EDITS:   # an edited model: decoded by the suite path, then verifying drafts
+        path = ROOT / "results" / spec / run / "edit.safetensors"
+        if not path.is_file():
+            edited[run] = {"skipped": f"no {path.relative_to(ROOT)}"}
+            continue
+        from mlsafe.edit import SparseEdit
+
+        row = {}
+        with SparseEdit.load(path).applied(lm.model):
+            for name, drafts in (("decoded", None), ("drafts", gen["suite"]["texts"])):
+                st = {}
+                out_texts, lp = generate_scored(lm.model, lm.tokenizer, texts, ids, max_new_tokens=suite.max_new_tokens,
+                                                progress=False, sort_by_length=True, stats=st, drafts=drafts,
+                                                batch_size=suite.batch_size, batch_tokens=suite.batch_tokens)
+                row[name] = {**st, "texts": out_texts, "logp": lp}
+        d = row["drafts"]
+        edited[run] = {"decoded_seconds": row["decoded"]["seconds"], "draft_seconds": d["seconds"],
+                       "drafted": d.get("drafted"), "draft_done": d.get("draft_done"),
+                       "unchanged_by_edit": sum(a == b for a, b in zip(row["decoded"]["texts"], gen["suite"]["texts"])) / n,
+                       "same_responses": sum(a == b for a, b in zip(row["decoded"]["texts"], d["texts"])) / n,
+                       "first_logp_max_abs_diff": float((row["decoded"]["logp"] - d["logp"]).abs().max())}
     ref = margins["plain"]["logp"]
-    return {"model": spec, "prompts": n, "max_new_tokens": suite.max_new_tokens,
+    return {"model": spec, "prompts": n, "max_new_tokens": suite.max_new_tokens, "edited": edited,
             "batch_size": suite.batch_size, "batch_tokens": suite.batch_tokens,
             "margin_seconds": {k: v["seconds"] for k, v in margins.items()},
             "margin_max_abs_diff": max(float((v["logp"] - ref).abs().max()) for v in margins.values()),
@@ -383,6 +409,15 @@ def section_generation(enabled: bool) -> dict:
           f"rows / {res['batch_tokens']} tokens {f['seconds']:.1f} s ({f['tokens_per_second']:.0f} tokens/s): "
           f"{b['seconds'] / f['seconds']:.2f}x; identical responses {res['same_responses']:.1%}, largest first-token "
           f"|log p| difference {res['first_logp_max_abs_diff']:.1e}")
+    for run, e in res.get("edited", {}).items():
+        if "skipped" in e:
+            print(f"edited ({run}): skipped, {e['skipped']}")
+            continue
+        print(f"edited ({run}; {e['unchanged_by_edit']:.0%} of responses unchanged by the edit): decoded "
+              f"{e['decoded_seconds']:.1f} s, verifying the unedited responses as drafts {e['draft_seconds']:.1f} s "
+              f"({e['decoded_seconds'] / e['draft_seconds']:.2f}x; {e['draft_done']} of {e['drafted']} verified rows "
+              f"finished by their draft); identical responses {e['same_responses']:.1%}, largest first-token "
+              f"|log p| difference {e['first_logp_max_abs_diff']:.1e}")
     return res
 
 

@@ -71,6 +71,25 @@ def test_cost_formulas_on_known_cases(setup):
                                                          for t in texts)
 
 
+def test_edit_flops_count_the_scoring_passes_above_the_trunk(setup):
+    """One whole unedited validation pass, then per scored candidate the layers from the lowest
+    scored one up (mlsafe.trunk replays the rest): scoring higher layers costs less."""
+    lm, suite = setup
+    cfg = transfer.EditConfig(targets=["th"], **suite.edit_defaults)
+    anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, cfg.val_fraction, cfg.seed)
+    report = transfer.FitReport(layer=1, n_neurons=4)
+
+    def flops(layers):
+        report.candidates = [{"layer": k, "n_neurons": 4, **({"val_gain_harmful": 0.0} if k in layers else {})}
+                             for k in range(arch.n_layers(lm.model))]
+        return run.edit_flops(lm.model, lm.tokenizer, anchors, cfg, report)
+    base = flops([])
+    val = [p for p in anchors.val_harmful if p.lang in ("th", "en")] + anchors.val_harmless
+    whole = cost.forward_flops(cost.matmul_params(lm.model), run._tokens(lm.tokenizer, val))
+    assert flops([0, 1]) == pytest.approx(base + 3 * whole)        # nothing below layer 0 to replay
+    assert base + 2 * whole < flops([1, 2]) < base + 3 * whole      # two passes from layer 1 up
+
+
 def test_matmul_params_drops_an_untied_input_embedding():
     from tiny import tiny_model
 

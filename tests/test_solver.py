@@ -380,12 +380,17 @@ def test_bench_generation_section_prints_the_speedups_and_skips_with_the_reason(
             "margin_seconds": {"plain": 50.0, "by_length": 35.0, "by_length_prefix": 20.0},
             "generation": {"before": {"seconds": 80.0, "tokens_per_second": 50.0},
                            "suite": {"seconds": 50.0, "tokens_per_second": 80.0}},
-            "same_responses": 1.0, "first_logp_max_abs_diff": 2e-5}
+            "same_responses": 1.0, "first_logp_max_abs_diff": 2e-5,
+            "edited": {"all": {"decoded_seconds": 60.0, "draft_seconds": 48.0, "drafted": 128, "draft_done": 120,
+                               "unchanged_by_edit": 0.95, "same_responses": 1.0, "first_logp_max_abs_diff": 1e-5},
+                       "all-best": {"skipped": "no results/x/all-best/edit.safetensors"}}}
     monkeypatch.setattr(bench, "real_model_status", lambda spec=bench.REAL_MODEL: None)
     monkeypatch.setattr(bench, "run_child", lambda args, timeout: fake)
     assert bench.section_generation(True) is fake
     out = capsys.readouterr().out
     assert "+ shared prefix 20.0 s (2.50x)" in out and ": 1.60x; identical responses 100.0%" in out
+    assert "drafts 48.0 s (1.25x; 120 of 128 verified rows finished by their draft)" in out
+    assert "edited (all-best): skipped, no results/x/all-best/edit.safetensors" in out
     monkeypatch.setattr(bench, "run_child", lambda args, timeout: {"error": "exit 1: boom"})
     assert bench.section_generation(True) == {"skipped": "failed: exit 1: boom"}
     assert bench.section_generation(False) == {"skipped": "--no-real given"}

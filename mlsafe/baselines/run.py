@@ -84,13 +84,20 @@ def collect_flops(model, tok, anchors: transfer.Anchors, cfg: transfer.EditConfi
 
 
 def edit_flops(model, tok, anchors: transfer.Anchors, cfg: transfer.EditConfig, report: transfer.FitReport) -> float:
-    """Collection + one solve per candidate layer and module + the validation scoring passes."""
+    """Collection + one solve per candidate layer and module + the validation scoring passes: one
+    whole pass unedited, then one per scored candidate through the layers from the lowest scored
+    one up (the trunk below it is replayed, mlsafe.trunk)."""
     d, rank = arch.d_model(model), cfg.rank
     solves = sum(len(cfg.modules) * cost.solve_flops(d, c["n_neurons"], min(rank, d, c["n_neurons"]))
                  for c in report.candidates if c["n_neurons"] > 0)
-    scored = sum(1 for c in report.candidates if "val_gain_harmful" in c)
+    scored = [c["layer"] for c in report.candidates if "val_gain_harmful" in c]
     val = [p for p in anchors.val_harmful if p.lang in cfg.targets or p.lang == cfg.source] + anchors.val_harmless
-    scoring = cost.forward_flops(cost.matmul_params(model), 2 * scored * _tokens(tok, val))
+    scoring = 0.0
+    if scored:
+        params, tokens = cost.matmul_params(model), _tokens(tok, val)
+        below = sum(m.weight.numel() for block in arch.blocks(model)[:min(scored)] for m in block.modules()
+                    if isinstance(m, torch.nn.Linear))
+        scoring = cost.forward_flops(params, tokens) + len(scored) * cost.forward_flops(params - below, tokens)
     return collect_flops(model, tok, anchors, cfg, len(report.candidates)) + solves + scoring
 
 

@@ -107,8 +107,9 @@ def generate_from_chat(model, tokenizer, chat_texts: Sequence[str], *, max_new_t
     batch stops as soon as its rows end); outputs are returned in the input order. Batch
     composition changes padding, which can change the last bits of the logits, so compare
     runs made with the same setting. stats: a dict that receives "new_tokens" (generated
-    tokens up to and including each row's first end-of-sequence token) and "seconds". drafts:
-    a draft response per text, verified rather than decoded (`_generate`; same responses).
+    tokens up to and including each row's first end-of-sequence token) and "seconds" (and,
+    with drafts, "drafted" and "draft_done": rows verified and rows their draft finished).
+    drafts: a draft response per text, verified rather than decoded (`_generate`; same responses).
     """
     return _generate(model, tokenizer, chat_texts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                      progress=progress, device=device, desc=desc, sort_by_length=sort_by_length,
@@ -181,7 +182,10 @@ def _generate(model, tokenizer, chat_texts, *, max_new_tokens, batch_size, progr
                    batch_tokens=batch_tokens, greedy_loop=greedy_loop)
     with left_padded(tokenizer):
         if drafts is not None and dec.plain:
-            new, scored = _verified(dec, rows, [drafts[i] for i in order], max_new_tokens, first, progress, desc)
+            new, scored, counts = _verified(dec, rows, [drafts[i] for i in order], max_new_tokens, first,
+                                            progress, desc)
+            if stats is not None:
+                stats.update(counts)
         else:
             new, scored = dec.run(rows, max_new_tokens, first=first, progress=progress, desc=desc)
     n_new = 0
@@ -249,10 +253,11 @@ class _Decoder:
 
 
 def _verified(dec: _Decoder, rows, drafts, max_new_tokens: int, first, progress: bool, desc: str
-              ) -> tuple[list[list[int]], list[torch.Tensor]]:
+              ) -> tuple[list[list[int]], list[torch.Tensor], dict]:
     """Draft-verified greedy tokens of `rows` (mlsafe.evaluate.draft): one pass over prompt +
     draft per batch, then the rows the drafts did not finish (and any verification left
-    unverified) decoded on from what was kept, in one decoding."""
+    unverified) decoded on from what was kept, in one decoding. The dict: rows verified
+    ("drafted") and finished by their draft ("draft_done")."""
     from tqdm.auto import tqdm
 
     ids = draft_ids(dec.tokenizer, drafts, end_id=end_token(dec.model), max_new_tokens=max_new_tokens)
@@ -276,7 +281,7 @@ def _verified(dec: _Decoder, rows, drafts, max_new_tokens: int, first, progress:
         if firsts:   # the unverified rows' generation-position rows, in `rows` order
             by_row = dict(zip((todo[j] for j in sub), torch.cat(firsts)))
             scored.append(torch.stack([by_row[k] for k in range(n_ver, len(rows))]))
-    return new, scored
+    return new, scored, {"drafted": n_ver, "draft_done": sum(ver.done)}
 
 
 def generate(model, tokenizer, user_texts: Sequence[str], *, max_new_tokens: int = 64,
