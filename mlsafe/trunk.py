@@ -13,6 +13,10 @@ cache length the model reads from its first layer (the causal mask, the position
 tokens) stays right; nothing reads the placeholders, since their layers never run. A call of
 another shape, or a different number of calls, raises.
 
+The recorded inputs are all the pass's hidden states at one layer (prompts x tokens x d_model,
+float32), so a recording that passes `max_bytes` is dropped and replay then runs the full
+passes: memory stays bounded however many prompts are scored.
+
 Issue 17: the best preset scores seven candidate layers, 16 to 22 of Qwen2.5-Coder-0.5B's 24,
 so each candidate's pass runs 8 of the 24 layers after one recorded pass.
 """
@@ -43,23 +47,36 @@ def _skipped(layer_idx: int):
     return forward
 
 
-class Trunk:
-    """The inputs of decoder layer `layer`, one per forward call of a recorded pass."""
+#: The most bytes a recording keeps (module docstring).
+MAX_BYTES = 2**30
 
-    def __init__(self, model, layer: int):
+
+class Trunk:
+    """The inputs of decoder layer `layer`, one per forward call of a recorded pass (None once a
+    recording passed `max_bytes`: replay then runs full passes)."""
+
+    def __init__(self, model, layer: int, max_bytes: int = MAX_BYTES):
         n = arch.n_layers(model)
         if not 0 <= layer < n:
             raise ValueError(f"trunk layer {layer} is out of range: this model has layers 0..{n - 1}")
-        self.model, self.layer = model, layer
-        self.saved: list[torch.Tensor] = []
+        self.model, self.layer, self.max_bytes = model, layer, max_bytes
+        self.saved: list[torch.Tensor] | None = []
 
     @contextmanager
     def record(self) -> Iterator["Trunk"]:
         """Keep the input of `layer` of every forward call inside (replacing what was kept)."""
         self.saved = []
+        held = {"bytes": 0}
 
         def keep(module, args, kwargs):
-            self.saved.append(_hidden(args, kwargs).detach().clone())
+            if self.saved is None:
+                return
+            h = _hidden(args, kwargs)
+            held["bytes"] += h.numel() * h.element_size()
+            if held["bytes"] > self.max_bytes:
+                self.saved = None   # too large to keep: replay will run full passes
+                return
+            self.saved.append(h.detach().clone())
         handle = arch.blocks(self.model)[self.layer].register_forward_pre_hook(keep, with_kwargs=True)
         try:
             yield self
@@ -69,7 +86,10 @@ class Trunk:
     @contextmanager
     def replay(self) -> Iterator["Trunk"]:
         """Forward calls inside skip the layers below `layer` and feed it the recorded inputs,
-        call by call (module docstring)."""
+        call by call (module docstring); full passes where the recording was dropped."""
+        if self.saved is None:
+            yield self
+            return
         blocks = arch.blocks(self.model)
         calls = {"n": 0}
 

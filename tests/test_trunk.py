@@ -63,3 +63,18 @@ def test_replay_refuses_other_calls(fast_path_models):
     assert "forward" not in vars(arch.blocks(model)[0])
     with pytest.raises(ValueError, match="out of range"):
         Trunk(model, 99)
+
+
+def test_a_recording_over_its_budget_replays_full_passes(fast_path_models):
+    name, model, tok = fast_path_models[0]
+    ids = list(range(10))
+    trunk = Trunk(model, 1, max_bytes=64)
+    with trunk.record():
+        before = next_token_logprobs(model, tok, TEXTS, ids, batch_size=2)
+    assert trunk.saved is None
+    calls = []
+    handle = arch.blocks(model)[0].register_forward_hook(lambda *a: calls.append(1))
+    with trunk.replay():
+        again = next_token_logprobs(model, tok, TEXTS, ids, batch_size=2)
+    handle.remove()
+    assert calls and torch.equal(again, before)   # the lower layer ran: a full pass
