@@ -15,7 +15,6 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -263,8 +262,7 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
     draws = random_control_sets(edit.neurons, arch.d_ff(lm.model), seed, n_random, disjoint=True)
     # every draw edits the same layer, so the layers below it are run once for all margin passes:
     # recorded on the first (its edit leaves its layer's input as it was), replayed after
-    trunk = Trunk(lm.model, report.layer) if report.layer > 0 else None
-    recorded = False
+    trunk = Trunk(lm.model, report.layer)
     for k, idx in enumerate(draws):
         # the model is unedited here, so its fingerprint at this layer is the edit's own base
         rand_edit = transfer.build_edit(lm.model, report.layer, idx, report.stats, cfg,
@@ -282,9 +280,8 @@ def random_control(lm: LoadedModel, suite: Suite, edit, report: transfer.FitRepo
                                               [j.refusal is False for j in judgments], seed=seed,
                                               pooled=list(targets)))
             else:
-                with (trunk.replay() if recorded else trunk.record()) if trunk else nullcontext():
+                with trunk.reuse():
                     m = margin(lm.model, harmful_t)
-                recorded = trunk is not None
             margins.append(ev.mean_by_lang(harmful_t, m))
             per_prompt.append(m.double())
     mean = lambda rows: {lang: statistics.fmean(r[lang] for r in rows) for lang in rows[0]} if rows else {}  # noqa: E731

@@ -42,7 +42,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -572,11 +571,11 @@ def validation_margins(model, anchors: Anchors, cfg: EditConfig, margin: MarginF
 
 
 def _score(model, edit: SparseEdit, anchors: Anchors, cfg: EditConfig, margin: MarginFn,
-           before: list[float], fingerprints: Fingerprints, trunk: Trunk | None = None) -> dict:
+           before: list[float], fingerprints: Fingerprints, trunk: Trunk) -> dict:
     """Validation score: margin gain on target harmful minus margin gain on harmless prompts
     (and minus any margin lost on source harmful prompts); `before` = validation_margins unedited.
     `trunk`: recorded on that unedited pass at or below the edit's layer, replayed here."""
-    with edit.applied(model, fingerprints=fingerprints), (trunk.replay() if trunk else nullcontext()):
+    with edit.applied(model, fingerprints=fingerprints), trunk.replay():
         after = validation_margins(model, anchors, cfg, margin)
     return score_gains(before, after)
 
@@ -662,10 +661,9 @@ def fit(model, tokenizer, harmful: Sequence[Prompt], harmless: Sequence[Prompt] 
                 if not row["confirmed"]:
                     row["score"] = float("-inf")   # not scored by margins
         t2 = time.perf_counter()
-        # the layers below the lowest scored candidate are run once (mlsafe.evaluate.trunk)
-        low = min(row["layer"] for row, _, _ in confirm)
-        trunk = Trunk(model, low) if low > 0 else None
-        with trunk.record() if trunk else nullcontext():
+        # the layers below the lowest scored candidate are run once (mlsafe.trunk)
+        trunk = Trunk(model, min(row["layer"] for row, _, _ in confirm))
+        with trunk.record():
             before = validation_margins(model, anchors, cfg, margin)
         for row, edit, _ in confirm:
             row.update(_score(model, edit, anchors, cfg, margin, before, fps, trunk))

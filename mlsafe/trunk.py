@@ -13,6 +13,10 @@ cache length the model reads from its first layer (the causal mask, the position
 tokens) stays right; nothing reads the placeholders, since their layers never run. A call of
 another shape, or a different number of calls, raises.
 
+`reuse()` records on its first use and replays on every later one, the pattern of its callers
+(an unedited pass, then one per candidate; or the first of several draws at one layer). At
+layer 0 there is nothing below to skip: nothing is recorded and every pass runs in full.
+
 The recorded inputs are all the pass's hidden states at one layer (prompts x tokens x d_model,
 float32), so a recording that passes `max_bytes` is dropped and replay then runs the full
 passes: memory stays bounded however many prompts are scored.
@@ -53,7 +57,7 @@ MAX_BYTES = 2**30
 
 class Trunk:
     """The inputs of decoder layer `layer`, one per forward call of a recorded pass (None once a
-    recording passed `max_bytes`: replay then runs full passes)."""
+    recording passed `max_bytes`, or at layer 0: replay then runs full passes)."""
 
     def __init__(self, model, layer: int, max_bytes: int = MAX_BYTES):
         n = arch.n_layers(model)
@@ -61,10 +65,20 @@ class Trunk:
             raise ValueError(f"trunk layer {layer} is out of range: this model has layers 0..{n - 1}")
         self.model, self.layer, self.max_bytes = model, layer, max_bytes
         self.saved: list[torch.Tensor] | None = []
+        self.recorded = False
+
+    def reuse(self):
+        """`record()` the first time, `replay()` after (module docstring)."""
+        return self.replay() if self.recorded else self.record()
 
     @contextmanager
     def record(self) -> Iterator["Trunk"]:
         """Keep the input of `layer` of every forward call inside (replacing what was kept)."""
+        self.recorded = True
+        if self.layer == 0:   # nothing below to skip
+            self.saved = None
+            yield self
+            return
         self.saved = []
         held = {"bytes": 0}
 

@@ -73,8 +73,32 @@ def test_a_recording_over_its_budget_replays_full_passes(fast_path_models):
         before = next_token_logprobs(model, tok, TEXTS, ids, batch_size=2)
     assert trunk.saved is None
     calls = []
-    handle = arch.blocks(model)[0].register_forward_hook(lambda *a: calls.append(1))
+    handle = arch.blocks(model)[0].mlp.register_forward_hook(lambda *a: calls.append(1))
     with trunk.replay():
         again = next_token_logprobs(model, tok, TEXTS, ids, batch_size=2)
     handle.remove()
     assert calls and torch.equal(again, before)   # the lower layer ran: a full pass
+
+
+def test_reuse_records_once_and_layer_zero_runs_full_passes(fast_path_models):
+    name, model, tok = fast_path_models[0]
+    ids = list(range(10))
+    trunk = Trunk(model, 1)
+    with trunk.reuse():
+        first = next_token_logprobs(model, tok, TEXTS, ids, batch_size=2)
+    assert trunk.recorded and trunk.saved
+    calls = []
+    handle = arch.blocks(model)[0].mlp.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with trunk.reuse():    # a replay: the lower layer does not run
+            again = next_token_logprobs(model, tok, TEXTS, ids, batch_size=2)
+        assert not calls and torch.allclose(again, first, atol=1e-6)
+        bottom = Trunk(model, 0)
+        with bottom.record():
+            next_token_logprobs(model, tok, TEXTS, ids, batch_size=2)
+        assert bottom.saved is None
+        with bottom.reuse():   # nothing recorded: a full pass
+            next_token_logprobs(model, tok, TEXTS, ids, batch_size=2)
+        assert calls
+    finally:
+        handle.remove()

@@ -263,9 +263,9 @@ def _verified(dec: _Decoder, rows, drafts, max_new_tokens: int, first, progress:
     ids = draft_ids(dec.tokenizer, drafts, end_id=end_token(dec.model), max_new_tokens=max_new_tokens)
     with tqdm(total=len(rows), desc=f"{desc} (draft)", disable=not progress) as bar:
         ver = verify(dec.model, rows, ids, prefix=dec.prefix, pad_id=dec.tokenizer.pad_token_id,
-                           device=dec.device, window=dec.window, eos=dec.eos, max_new_tokens=max_new_tokens,
-                           batch_size=dec.batch_size, batch_tokens=dec.batch_tokens, first=first,
-                           on_batch=bar.update)
+                     device=dec.device, window=dec.window, eos=dec.eos, max_new_tokens=max_new_tokens,
+                     batch_size=dec.batch_size, batch_tokens=dec.batch_tokens, first=first,
+                     on_batch=bar.update)
     n_ver = len(ver.tokens)
     new = [list(t) for t in ver.tokens] + [[] for _ in rows[n_ver:]]
     todo = [k for k in range(len(rows)) if k >= n_ver or not ver.done[k]]

@@ -107,10 +107,7 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
     """
     harmful = [p for p in suite.eval_harmful if p.lang in langs]
     harmless = [p for p in suite.eval_harmless if p.lang in langs]
-    draft_h = draft_s = None
-    if drafts is not None:
-        draft_h = drafts_for(drafts.harmful, drafts.responses, harmful)
-        draft_s = drafts_for(drafts.harmless, drafts.harmless_responses, harmless)
+    draft_h, draft_s = drafts_for(drafts, harmful), drafts_for(drafts, harmless)
     timing: dict = {}
     if responses is None:
         st: dict = {}
@@ -156,10 +153,13 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
                       _rate_by([p.source or "unknown" for p in harmless], refused), timing, first_logits)
 
 
-def drafts_for(prompts: Sequence[Prompt], responses: Sequence[str], wanted: Sequence[Prompt]) -> list[str] | None:
-    """The responses of `prompts` in the order of `wanted` (drafts for mlsafe.evaluate.draft),
-    or None when some wanted prompt has none."""
-    by_id = {p.id: r for p, r in zip(prompts, responses)}
+def drafts_for(drafts: Evaluation | None, wanted: Sequence[Prompt]) -> list[str] | None:
+    """The responses of the evaluation `drafts` (harmful and harmless) in the order of `wanted`
+    (drafts for mlsafe.evaluate.draft), or None when there is none or some wanted prompt has none."""
+    if drafts is None:
+        return None
+    by_id = {p.id: r for p, r in zip([*drafts.harmful, *drafts.harmless],
+                                     [*drafts.responses, *drafts.harmless_responses])}
     return [by_id[p.id] for p in wanted] if all(p.id in by_id for p in wanted) else None
 
 
@@ -170,9 +170,8 @@ def asr_of(model, tokenizer, suite: "Suite", langs: Sequence[str], *, seed: int 
     the same forward passes as the responses (harmful_responses_and_margins). drafts: as in
     `evaluate`."""
     harmful = [p for p in suite.eval_harmful if p.lang in langs]
-    responses, margins = harmful_responses_and_margins(
-        model, tokenizer, suite, harmful,
-        drafts=None if drafts is None else drafts_for(drafts.harmful, drafts.responses, harmful))
+    responses, margins = harmful_responses_and_margins(model, tokenizer, suite, harmful,
+                                                       drafts=drafts_for(drafts, harmful))
     judgments = suite.judge.judge(harmful, responses)
     table = asr_table(harmful, judgments, seed=seed)
     asr, _ = summary_blocks(table)
