@@ -316,7 +316,7 @@ def response_cache_key(lm: LoadedModel, suite: Suite, fingerprints: Fingerprints
             "harmful": [[p.id, p.text] for p in suite.eval_harmful],
             "harmless": [[p.id, p.text] for p in suite.eval_harmless],
             "gen": [suite.max_new_tokens, suite.harmless_max_new_tokens, suite.sort_by_length,
-                    suite.batch_size, suite.batch_tokens]}
+                    suite.batch_size, suite.batch_tokens, suite.decode_rows]}
 
 
 def cached_evaluation(lm: LoadedModel, suite: Suite, base: dict | None, edit, *, seed: int,

@@ -48,6 +48,7 @@ class Suite:
     sort_by_length: bool = False            # length-bucketed generation batches (real models)
     batch_size: int = 16                    # generation batch (fixed: batching changes padding)
     batch_tokens: int | None = None         # and its token budget (generate.token_batches)
+    decode_rows: int | None = None          # batches decoded together up to this many rows (generate._Decoder)
     cache_responses: bool = False           # keep generated responses in the cache (real models)
     response_chars: int | None = None       # committed files keep this many characters of a response
     edit_defaults: dict | None = None       # EditConfig overrides for this suite (edit_config)

@@ -52,12 +52,12 @@ def _kw(first=None):
 
 def _count_decodes(monkeypatch) -> list:
     calls = []
-    real = gen_module.decode
+    real = gen_module.steps
 
     def counting(*args, **kw):
         calls.append(kw["max_new_tokens"])
         return real(*args, **kw)
-    monkeypatch.setattr(gen_module, "decode", counting)
+    monkeypatch.setattr(gen_module, "steps", counting)
     return calls
 
 

@@ -120,3 +120,38 @@ def test_generate_scored_batches_by_tokens(tiny_models, monkeypatch):
     assert sizes[0] == len(TEXTS) and max(sizes[1:]) < len(TEXTS)   # one wide batch, then narrow ones
     assert wide == narrow
     assert torch.allclose(lp_wide, lp_narrow, atol=1e-5)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_merged_decoding_gives_the_same_tokens(fast_path_models, monkeypatch, share):
+    """Batches prefilled one by one and decoded as one (decode_rows) give each batch's own
+    tokens and first logits, with rows that end early; sliding-window models never merge."""
+    from mlsafe import chat
+
+    merged = []
+    real_merge = greedy.merge
+
+    def recording(parts, n_prefix):
+        merged.append([p.mask.shape for p in parts])
+        return real_merge(parts, n_prefix)
+    monkeypatch.setattr(gen_module, "merge", recording)
+    monkeypatch.setattr(gen_module, "WIDTH_SLACK", 100.0)   # the test prompts differ widely in length
+    for name, model, tok in fast_path_models:
+        texts = format_chat(tok, TEXTS)
+        kw = dict(max_new_tokens=12, batch_size=2, progress=False, device=None, desc="", sort_by_length=True,
+                  stats=None, first=lambda x: x.clone(), share_prefix=share)
+        one = torch.tensor([chat.encode_all(tok, texts[:1])[0]])
+        mid = int(model.generate(input_ids=one, attention_mask=torch.ones_like(one), max_new_tokens=4,
+                                 do_sample=False, pad_token_id=tok.pad_token_id)[0, -1])
+        for eos in ([], [mid]):
+            with monkeypatch.context() as m:
+                m.setattr(model.generation_config, "eos_token_id", [model.generation_config.eos_token_id, *eos])
+                ref, ref_first = gen_module._generate(model, tok, texts, **kw)
+                merged.clear()
+                got, got_first = gen_module._generate(model, tok, texts, decode_rows=5, **kw)
+            assert got == ref, (name, eos)
+            assert torch.allclose(got_first, ref_first, atol=1e-5), name
+            if prefix.sliding_window(model) is None:
+                assert merged and len(merged[0]) == 3 and len({s[1] for s in merged[0]}) > 1, name  # widths differ
+            else:
+                assert not merged, name

@@ -718,7 +718,7 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
                      max_harmless: int | None = 32, judge: str | None = None, max_new_tokens: int = 32, answer_tokens: int = 32,
                      cache_file: str | os.PathLike | None = None, ngram: int = 5, near_threshold: float = 0.8,
                      english_refused_only: bool = True, batch_size: int = 64, batch_tokens: int | None = 8192,
-                     progress: bool = True) -> RealSuite:
+                     decode_rows: int | None = 256, progress: bool = True) -> RealSuite:
     """The Suite for a real instruct model (e.g. Qwen2.5-Coder-0.5B-Instruct) on the real data.
 
     Prompts: `real_data` (evaluation sets, anchors without the rows that overlap evaluation).
@@ -762,7 +762,8 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
         eval_harmful=d.eval_harmful, eval_harmless=d.eval_harmless, judge=judge_obj,
         refusal_starts=ev.DEFAULT_REFUSAL_STARTS, comply_starts=ev.DEFAULT_COMPLY_STARTS,
         correct=ev.mgsm_correct, max_new_tokens=max_new_tokens, sort_by_length=True, cache_responses=True,
-        batch_size=batch_size, batch_tokens=batch_tokens, edit_defaults=real_edit_defaults(lm.model),
+        batch_size=batch_size, batch_tokens=batch_tokens, decode_rows=decode_rows,
+        edit_defaults=real_edit_defaults(lm.model),
         response_chars=RESPONSE_CHARS)
     suite.report = {**d.report, "judge": judge, "model_identity": identity,
                     "anchor_refusal_rate_en": sum(refused) / len(refused) if refused else None}

@@ -8,12 +8,15 @@ logits and stops when every row has ended (issue 17). Semantics are generate's: 
 of the float32 logits, rows that have emitted an end token continue with the pad token, the
 loop ends at `max_new_tokens` or when all rows have ended. `plain_greedy` says when the loop
 may stand in for generate (no repetition penalty, suppressed or forced tokens, minimum
-length, ...); the callers fall back to generate otherwise. tests/test_prefix.py checks the
-two give the same tokens.
+length, ...); the callers fall back to generate otherwise. The loop is split in `prefill`
+(the prompt pass) and `steps` (the decode steps), so that several prefilled batches can be
+joined by `merge` and decoded as one wide batch (generate._Decoder). tests/test_prefix.py
+checks both give generate's tokens.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -54,23 +57,71 @@ def end_token(model) -> int | None:
     return (eos[0] if eos else None) if isinstance(eos, (list, tuple)) else eos
 
 
-@torch.no_grad()
-def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
-           cache, cache_kwarg: str, max_new_tokens: int, eos: Sequence[int], pad_id: int
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy tokens [B, <= max_new_tokens] and the first step's logits (float32 [B, vocab]).
+@dataclass
+class Prefilled:
+    """A batch after its prompt pass: the cache, the attention mask over it [B, L], each row's
+    last position [B, 1] and the next-token logits (float32 [B, vocab])."""
+    cache: object
+    mask: torch.Tensor
+    pos: torch.Tensor
+    logits: torch.Tensor
 
-    input_ids / position_ids: the tokens still to feed (the whole prompt, or what follows a
-    prefix already in `cache`); attention_mask covers the cache and those tokens.
-    """
-    eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=input_ids.device)
+
+@torch.no_grad()
+def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *,
+            cache, cache_kwarg: str) -> Prefilled:
+    """The prompt pass of a batch. input_ids / position_ids: the tokens still to feed (the whole
+    prompt, or what follows a prefix already in `cache`); attention_mask covers the cache and
+    those tokens."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
                 **{cache_kwarg: cache}, **last_only_kwargs(model))
-    logits = out.logits[:, -1, :].float()
-    first = logits
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    pos = position_ids[:, -1:]
-    mask = attention_mask
+    return Prefilled(cache, attention_mask, position_ids[:, -1:], out.logits[:, -1, :].float())
+
+
+def mergeable(cache) -> bool:
+    """Whether `merge` can join caches like this one: every layer a plain DynamicLayer
+    (sliding-window layers count slots, so padding added by a merge would shift their window)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def merge(parts: Sequence[Prefilled], n_prefix: int) -> Prefilled:
+    """One batch of the rows of several prefilled batches laid out as [prefix n_prefix][padding]
+    [rest] (or left padded, n_prefix 0): each part gets masked empty slots after its prefix up
+    to the longest part's length, so every row attends to what it attended to before. The
+    parts' caches are consumed."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.mask.shape[1] for p in parts)
+
+    def widened(x: torch.Tensor, extra: int, dim: int) -> torch.Tensor:
+        if not extra:
+            return x
+        shape = list(x.shape)
+        shape[dim] = extra
+        return torch.cat([x.narrow(dim, 0, n_prefix), x.new_zeros(shape),
+                          x.narrow(dim, n_prefix, x.shape[dim] - n_prefix)], dim=dim)
+
+    extras = [width - p.mask.shape[1] for p in parts]
+    cache = parts[0].cache
+    for k, layer in enumerate(cache.layers):
+        layer.keys = torch.cat([widened(p.cache.layers[k].keys, e, 2) for p, e in zip(parts, extras)])
+        layer.values = torch.cat([widened(p.cache.layers[k].values, e, 2) for p, e in zip(parts, extras)])
+        for p in parts[1:]:
+            p.cache.layers[k].keys = p.cache.layers[k].values = None
+    return Prefilled(cache, torch.cat([widened(p.mask, e, 1) for p, e in zip(parts, extras)]),
+                     torch.cat([p.pos for p in parts]), torch.cat([p.logits for p in parts]))
+
+
+@torch.no_grad()
+def steps(model, state: Prefilled, *, cache_kwarg: str, max_new_tokens: int, eos: Sequence[int], pad_id: int
+          ) -> torch.Tensor:
+    """Greedy tokens [B, <= max_new_tokens] from a prefilled batch (its cache is extended)."""
+    eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=state.logits.device)
+    logits, cache, mask, pos = state.logits, state.cache, state.mask, state.pos
+    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     tokens = []
     for step in range(max_new_tokens):
         nxt = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), logits.argmax(-1))
@@ -82,4 +133,4 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positio
         pos = pos + 1
         logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
                        **{cache_kwarg: cache}).logits[:, -1, :].float()
-    return torch.stack(tokens, dim=1), first
+    return torch.stack(tokens, dim=1)

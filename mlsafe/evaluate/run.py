@@ -70,7 +70,8 @@ def harmful_responses(model, tokenizer, suite: "Suite", prompts: Sequence[Prompt
     """Greedy responses to harmful prompts with the suite's generation settings (`drafts`: a
     draft response per prompt, verified rather than decoded; mlsafe.evaluate.draft)."""
     return generate(model, tokenizer, [p.text for p in prompts], max_new_tokens=suite.max_new_tokens,
-                    batch_size=suite.batch_size, batch_tokens=suite.batch_tokens, progress=progress,
+                    batch_size=suite.batch_size, batch_tokens=suite.batch_tokens, decode_rows=suite.decode_rows,
+                    progress=progress,
                     sort_by_length=suite.sort_by_length, stats=stats, desc=desc, drafts=drafts)
 
 
@@ -85,7 +86,8 @@ def harmful_responses_and_margins(model, tokenizer, suite: "Suite", prompts: Seq
     ids = union_ids(sets)
     responses, logp = generate_scored(model, tokenizer, [p.text for p in prompts], ids,
                                       max_new_tokens=suite.max_new_tokens, batch_size=suite.batch_size,
-                                      batch_tokens=suite.batch_tokens, progress=progress,
+                                      batch_tokens=suite.batch_tokens, decode_rows=suite.decode_rows,
+                                      progress=progress,
                                       sort_by_length=suite.sort_by_length, stats=stats, desc=desc, drafts=drafts)
     return responses, margins_from_table(prompts, logp, ids, sets)
 
@@ -122,7 +124,8 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
     if harmless_responses is None:
         st = {}
         kw = dict(max_new_tokens=suite.harmless_max_new_tokens or suite.max_new_tokens,
-                  batch_size=suite.batch_size, batch_tokens=suite.batch_tokens, progress=progress,
+                  batch_size=suite.batch_size, batch_tokens=suite.batch_tokens, decode_rows=suite.decode_rows,
+                  progress=progress,
                   sort_by_length=suite.sort_by_length, stats=st, desc="harmless", drafts=draft_s)
         texts = [p.text for p in harmless]
         if keep_harmless_logits:
