@@ -406,11 +406,53 @@ def _units(n_texts: int, pairs: dict[str, Sequence[tuple[int, int]]]) -> list[li
     return list(groups.values())
 
 
+def _opening(model, rows: Sequence[Sequence[int]], layers: Sequence[int], device, need_inputs: bool,
+             need_acts: bool) -> tuple[object | None, dict[int, torch.Tensor]]:
+    """The rows' shared opening (mlsafe.evaluate.prefix.SharedPrefix, run up to the last of
+    `layers`) and its MLP inputs at each layer [p, d_model]; (None, {}) without one."""
+    from transformers import DynamicCache
+
+    from mlsafe.evaluate.prefix import SharedPrefix, cache_kwarg, shared_prefix_len
+
+    n = shared_prefix_len(rows)
+    if not n:
+        return None, {}
+    kwarg, cache = cache_kwarg(model), DynamicCache(config=model.config)
+    inp = torch.tensor([list(rows[0][:n])], dtype=torch.long, device=device)
+    with capture(model, layers, mlp_inputs=need_inputs, activations=need_acts, stop_after_last=True) as cap:
+        cap.forward(input_ids=inp, attention_mask=torch.ones_like(inp), position_ids=torch.arange(n, device=device)[None],
+                    use_cache=True, **{kwarg: cache})
+    return SharedPrefix(list(rows[0][:n]), cache, kwarg), {k: v[0] for k, v in cap.mlp_inputs.items()}
+
+
+def _captured(model, tokenizer, prefix, rows: Sequence[Sequence[int]], layers: Sequence[int], device,
+              need_inputs: bool, need_acts: bool) -> tuple[int, dict, torch.Tensor, "capture"]:
+    """One batch's forward up to the last of `layers`: (tokens of the shared opening not run
+    here, the inputs, the kept-token mask [B, T - skip] over the captured positions, the capture)."""
+    from mlsafe.evaluate.prefix import batch_inputs, positions, sliding_window
+
+    skip = 0
+    if prefix is not None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        enc, skip, cache = batch_inputs(prefix, rows, pad_id=pad, device=device, window=sliding_window(model))
+    if not skip:
+        enc = pad_batch(tokenizer, rows, device)
+    with capture(model, layers, mlp_inputs=need_inputs, activations=need_acts, stop_after_last=True) as cap:
+        if skip:
+            mask = enc["attention_mask"]
+            cap.forward(input_ids=enc["input_ids"][:, skip:], attention_mask=mask,
+                        position_ids=positions(mask)[:, skip:], use_cache=True, **{prefix.kwarg: cache})
+        else:
+            cap.forward(**enc, use_cache=False)
+    return skip, enc, enc["attention_mask"][:, skip:].bool(), cap
+
+
 def collect_fused(model: nn.Module, tokenizer, texts: Sequence[str], layers: Iterable[int], *,
                   position: str = "last", moments: dict[str, Sequence[int]] | None = None,
                   grams: dict[str, Sequence[int]] | None = None,
                   pairs: dict[str, Sequence[tuple[int, int]]] | None = None, with_yty: Sequence[str] = (),
-                  batch_size: int = 16, device=None, progress: bool = False) -> dict[int, dict]:
+                  batch_size: int = 16, device=None, progress: bool = False,
+                  share_prefix: bool = True) -> dict[int, dict]:
     """Every statistic of several prompt groups in ONE forward pass over `texts` (each text read once).
 
     Groups index into `texts` (chat template applied):
@@ -422,10 +464,14 @@ def collect_fused(model: nn.Module, tokenizer, texts: Sequence[str], layers: Ite
                       y = row of text b (as ``collect_paired``); names in `with_yty` also keep Y^T Y.
     A text may sit in several groups (e.g. an English prompt in the neuron moments and as
     the source side of its translations' pairs). Batches keep each pair's texts together
-    (`_units`; a group bigger than `batch_size` is one batch of its own), so memory is
-    bounded by the batch, not the number of texts; results equal
-    the separate collectors' up to float64 round-off (and the model's own batch-padding
-    round-off). Returns ``{layer: {name: Moments | Gram}}``.
+    (`_units`; a group bigger than `batch_size` is one batch of its own), units of similar
+    length together, so memory is bounded by the batch, not the number of texts; results
+    equal the separate collectors' up to float64 round-off (and the model's own
+    batch-padding round-off). With `share_prefix` and position "last", the texts' common
+    opening (the chat template's; mlsafe.evaluate.prefix) is run once: each batch feeds
+    only the rest of its rows after the opening's keys and values, and the Gram groups
+    count the opening's rows once per member text, as if each had read it. Returns
+    ``{layer: {name: Moments | Gram}}``.
     """
     moments, grams, pairs = dict(moments or {}), dict(grams or {}), dict(pairs or {})
     names = [*moments, *grams, *pairs]
@@ -447,7 +493,9 @@ def collect_fused(model: nn.Module, tokenizer, texts: Sequence[str], layers: Ite
     mom_sets = {k: set(int(i) for i in idx) for k, idx in moments.items()}
     gram_sets = {k: set(int(i) for i in idx) for k, idx in grams.items()}
     used = set().union(*mom_sets.values(), *gram_sets.values(), *({i for ab in v for i in ab} for v in pairs.values()))
-    units = [u for u in _units(n, pairs) if u[0] in used]
+    ids = _encode_for(model, tokenizer, texts)
+    # units of similar length share batches (less padding)
+    units = sorted((u for u in _units(n, pairs) if u[0] in used), key=lambda u: max(len(ids[i]) for i in u))
     batches, cur = [], []
     for unit in units:
         if cur and len(cur) + len(unit) > batch_size:
@@ -465,15 +513,13 @@ def collect_fused(model: nn.Module, tokenizer, texts: Sequence[str], layers: Ite
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, desc="collect", unit="batch")
-    ids = _encode_for(model, tokenizer, texts)
     with _inference(model):
+        prefix, opening = (_opening(model, [ids[i] for i in sorted(used)], layers, dev, need_inputs, need_acts)
+                           if share_prefix and position == "last" else (None, {}))
         for batch in batches:
-            enc = pad_batch(tokenizer, [ids[i] for i in batch], dev)
-            keep = enc["attention_mask"].bool()
+            skip, enc, keep, cap = _captured(model, tokenizer, prefix, [ids[i] for i in batch], layers, dev,
+                                             need_inputs, need_acts)
             row_of = {i: r for r, i in enumerate(batch)}
-            with capture(model, layers, mlp_inputs=need_inputs, activations=need_acts,
-                         stop_after_last=True) as cap:
-                cap.forward(**enc, use_cache=False)
             for layer in layers:
                 acc = out[layer]
                 for k, members in mom_sets.items():
@@ -483,7 +529,10 @@ def collect_fused(model: nn.Module, tokenizer, texts: Sequence[str], layers: Ite
                 for k, members in gram_sets.items():
                     rows = [r for r, i in enumerate(batch) if i in members]
                     if rows:
-                        acc[k].update(select_positions(cap.mlp_inputs[layer][rows], keep[rows], "all"))
+                        x = select_positions(cap.mlp_inputs[layer][rows], keep[rows], "all")
+                        if skip:   # every row's opening, computed once
+                            x = torch.cat([opening[layer].repeat(len(rows), 1), x])
+                        acc[k].update(x)
                 for k, by_b in pair_index.items():
                     ra = [row_of[a] for b in batch if b in by_b for a in by_b[b]]
                     rb = [row_of[b] for b in batch if b in by_b for _ in by_b[b]]

@@ -273,3 +273,33 @@ def test_collect_fused_reads_each_text_once_and_keeps_pairs_in_one_batch():
         probe.collect_fused(model, tok, TEXTS, [0], pairs={"p": [(0, 9)]})
     with pytest.raises(ValueError, match="with_yty=True"):
         probe.Gram(with_yty=True).update(torch.ones(2, 3))
+
+
+def test_collect_fused_runs_the_shared_opening_once(fast_path_models):
+    """Chat-templated texts share the template's opening: with share_prefix it is run once
+    (fewer tokens fed) and every statistic equals the plain pass up to float32 round-off."""
+    from mlsafe.evaluate.generate import format_chat
+
+    words = ["Hello there, friend.", "Why?", "ok 42", "Bonjour.", "Pourquoi?", "A much longer prompt with many words!"]
+    groups = dict(moments={"harm": [0, 1, 2]}, grams={"conv": [3, 4, 5, 0]}, pairs={"pairs": [(3, 0), (4, 1)]},
+                  with_yty=["pairs"])
+    for name, model, tok in fast_path_models:
+        texts = format_chat(tok, words)
+        fed = []
+        handle = model.get_input_embeddings().register_forward_hook(lambda m, a, o: fed.append(a[0].numel()))
+        try:
+            plain = probe.collect_fused(model, tok, texts, [0, 1], batch_size=4, share_prefix=False, **groups)
+            n_plain, fed[:] = sum(fed), []
+            shared = probe.collect_fused(model, tok, texts, [0, 1], batch_size=4, **groups)
+        finally:
+            handle.remove()
+        if "window-8" not in name:   # the 8-token window never fits the layout: the plain pass runs
+            assert sum(fed) < n_plain, name
+        close = dict(rtol=1e-4, atol=1e-5)
+        for layer in (0, 1):
+            p, s = plain[layer], shared[layer]
+            assert s["harm"].n == p["harm"].n and s["conv"].n == p["conv"].n and s["pairs"].n == p["pairs"].n
+            torch.testing.assert_close(s["harm"].mean, p["harm"].mean, **close)
+            torch.testing.assert_close(s["conv"].xtx, p["conv"].xtx, **close)
+            torch.testing.assert_close(s["pairs"].xty, p["pairs"].xty, **close)
+            torch.testing.assert_close(s["pairs"].yty, p["pairs"].yty, **close)
