@@ -427,8 +427,10 @@ def load_templated(langs: Sequence[str], *, harmful: bool = True) -> list[Prompt
 
 # ------------------------------------------------------------------ reference responses
 def model_answers(model, tokenizer, prompts: Sequence[Prompt], *, cache_file: str | os.PathLike, model_id: str,
-                  max_new_tokens: int = 64, batch_size: int = 16, progress: bool = False) -> list[Prompt]:
-    """The prompts with `response` set to the model's own greedy answer (mlsafe.evaluate.generate).
+                  max_new_tokens: int = 64, batch_size: int = 16, batch_tokens: int | None = None,
+                  decode_rows: int | None = None, progress: bool = False) -> list[Prompt]:
+    """The prompts with `response` set to the model's own greedy answer (mlsafe.evaluate.generate,
+    batched by length with `batch_size`, `batch_tokens` and `decode_rows`).
 
     Answers are cached in `cache_file` (JSON, written atomically), keyed by sha256 of
     (model_id, max_new_tokens, prompt text); model_id is the caller's identity of the model
@@ -448,6 +450,7 @@ def model_answers(model, tokenizer, prompts: Sequence[Prompt], *, cache_file: st
     todo = sorted({p.text for p in prompts if key(p.text) not in cache})
     if todo:
         responses = generate(model, tokenizer, todo, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                             batch_tokens=batch_tokens, decode_rows=decode_rows, sort_by_length=True,
                              progress=progress)
         cache.update({key(t): r for t, r in zip(todo, responses)})
         write_atomic(path, json.dumps({"answers": cache}, ensure_ascii=False, sort_keys=True) + "\n")
@@ -744,7 +747,8 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
     need = d.anchors_harmless + [p for p in d.anchors_harmful if p.lang == "en"]
     answered = {p.id: p for p in model_answers(
         lm.model, lm.tokenizer, need, cache_file=cache_file or default_cache_file(lm.name), model_id=identity,
-        max_new_tokens=answer_tokens, batch_size=batch_size, progress=progress)}
+        max_new_tokens=answer_tokens, batch_size=batch_size, batch_tokens=batch_tokens, decode_rows=decode_rows,
+        progress=progress)}
     harmful = [answered.get(p.id, p) for p in d.anchors_harmful]
     en_harm = [p for p in harmful if p.lang == "en"]
     refused = [j.refusal if j.refusal is not None else not j.unsafe   # guard judges may not say
