@@ -49,6 +49,7 @@ class Suite:
     batch_size: int = 16                    # generation batch (fixed: batching changes padding)
     batch_tokens: int | None = None         # and its token budget (generate.token_batches)
     decode_rows: int | None = None          # batches decoded together up to this many rows (generate._Decoder)
+    margin_batch: int = 16                  # rows per refusal-margin pass (margin_fn)
     cache_responses: bool = False           # keep generated responses in the cache (real models)
     response_chars: int | None = None       # committed files keep this many characters of a response
     edit_defaults: dict | None = None       # EditConfig overrides for this suite (edit_config)
@@ -171,5 +172,5 @@ def margin_fn(suite: Suite, tokenizer) -> transfer.MarginFn:
     prompt's language and English's; mlsafe.evaluate.language_margins)."""
     def margin(model, prompts: list[Prompt]) -> torch.Tensor:
         return ev.language_margins(model, tokenizer, prompts, refusal_starts=suite.refusal_starts,
-                                   comply_starts=suite.comply_starts)
+                                   comply_starts=suite.comply_starts, batch_size=suite.margin_batch)
     return margin

@@ -124,8 +124,9 @@ def test_generate_scored_batches_by_tokens(tiny_models, monkeypatch):
 
 @pytest.mark.parametrize("share", [True, False])
 def test_merged_decoding_gives_the_same_tokens(fast_path_models, monkeypatch, share):
-    """Batches prefilled one by one and decoded as one (decode_rows) give each batch's own
-    tokens and first logits, with rows that end early; sliding-window models never merge."""
+    """Batches prefilled one by one and decoded as one (decode_rows), finished rows dropped
+    from the batch, give each batch's own tokens and first logits, with rows that end early;
+    sliding-window models never merge."""
     from mlsafe import chat
 
     merged = []
@@ -136,6 +137,9 @@ def test_merged_decoding_gives_the_same_tokens(fast_path_models, monkeypatch, sh
         return real_merge(parts, n_prefix)
     monkeypatch.setattr(gen_module, "merge", recording)
     monkeypatch.setattr(gen_module, "WIDTH_SLACK", 100.0)   # the test prompts differ widely in length
+    monkeypatch.setattr(greedy, "COMPACT_MIN", 1)            # finished rows leave the batch at once
+    monkeypatch.setattr(greedy, "COMPACT_FRACTION", 0.0)
+    compacted = []
     for name, model, tok in fast_path_models:
         texts = format_chat(tok, TEXTS)
         kw = dict(max_new_tokens=12, batch_size=2, progress=False, device=None, desc="", sort_by_length=True,
@@ -148,10 +152,18 @@ def test_merged_decoding_gives_the_same_tokens(fast_path_models, monkeypatch, sh
                 m.setattr(model.generation_config, "eos_token_id", [model.generation_config.eos_token_id, *eos])
                 ref, ref_first = gen_module._generate(model, tok, texts, **kw)
                 merged.clear()
-                got, got_first = gen_module._generate(model, tok, texts, decode_rows=5, **kw)
+                fed = []
+                handle = model.get_input_embeddings().register_forward_hook(lambda m, a, o: fed.append(a[0].shape))
+                try:
+                    got, got_first = gen_module._generate(model, tok, texts, decode_rows=5, **kw)
+                finally:
+                    handle.remove()
             assert got == ref, (name, eos)
+            steps = [shape[0] for shape in fed if shape[1] == 1]   # the decode steps' rows
+            compacted.append(bool(steps) and min(steps) < len(texts))
             assert torch.allclose(got_first, ref_first, atol=1e-5), name
             if prefix.sliding_window(model) is None:
                 assert merged and len(merged[0]) == 3 and len({s[1] for s in merged[0]}) > 1, name  # widths differ
             else:
                 assert not merged, name
+    assert any(compacted)   # rows that ended did leave the batch

@@ -721,7 +721,7 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
                      max_harmless: int | None = 32, judge: str | None = None, max_new_tokens: int = 32, answer_tokens: int = 32,
                      cache_file: str | os.PathLike | None = None, ngram: int = 5, near_threshold: float = 0.8,
                      english_refused_only: bool = True, batch_size: int = 64, batch_tokens: int | None = 8192,
-                     decode_rows: int | None = 256, progress: bool = True) -> RealSuite:
+                     decode_rows: int | None = 256, margin_batch: int = 8, progress: bool = True) -> RealSuite:
     """The Suite for a real instruct model (e.g. Qwen2.5-Coder-0.5B-Instruct) on the real data.
 
     Prompts: `real_data` (evaluation sets, anchors without the rows that overlap evaluation).
@@ -734,7 +734,10 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
     dropped (all languages; report["anchor_refusal_rate_en"] and
     report["anchor_rows"]["dropped_not_refused_en"] record it). Judge: `suite_judge(judge)`; margin strings:
     mlsafe.evaluate's DEFAULT_REFUSAL_STARTS / DEFAULT_COMPLY_STARTS; utility: mgsm_correct
-    (last number). All data is read and checked before any generation."""
+    (last number). All data is read and checked before any generation. Batching (measured on
+    qwen2.5-coder-0.5b, 2 cores): generation prefills `batch_size` rows within `batch_tokens`
+    and decodes up to `decode_rows` together; margin passes read `margin_batch` rows (8: 44.6 s
+    over 320 target prompts, against 51.7 s at 16 and 91.4 s at 64)."""
     from mlsafe import evaluate as ev
     from mlsafe.evaluate.judges import DEFAULT_REAL_JUDGE
 
@@ -766,7 +769,7 @@ def real_model_suite(lm, data, seed: int, device: str = "cpu", *, n_per_lang: in
         eval_harmful=d.eval_harmful, eval_harmless=d.eval_harmless, judge=judge_obj,
         refusal_starts=ev.DEFAULT_REFUSAL_STARTS, comply_starts=ev.DEFAULT_COMPLY_STARTS,
         correct=ev.mgsm_correct, max_new_tokens=max_new_tokens, sort_by_length=True, cache_responses=True,
-        batch_size=batch_size, batch_tokens=batch_tokens, decode_rows=decode_rows,
+        batch_size=batch_size, batch_tokens=batch_tokens, decode_rows=decode_rows, margin_batch=margin_batch,
         edit_defaults=real_edit_defaults(lm.model),
         response_chars=RESPONSE_CHARS)
     suite.report = {**d.report, "judge": judge, "model_identity": identity,

@@ -115,22 +115,36 @@ def merge(parts: Sequence[Prefilled], n_prefix: int) -> Prefilled:
                      torch.cat([p.pos for p in parts]), torch.cat([p.logits for p in parts]))
 
 
+#: With `compact`, finished rows leave the batch once this fraction of it (and at least
+#: COMPACT_MIN rows) has ended: a decode step costs per row still in it.
+COMPACT_FRACTION, COMPACT_MIN = 0.25, 4
+
+
 @torch.no_grad()
-def steps(model, state: Prefilled, *, cache_kwarg: str, max_new_tokens: int, eos: Sequence[int], pad_id: int
-          ) -> torch.Tensor:
-    """Greedy tokens [B, <= max_new_tokens] from a prefilled batch (its cache is extended)."""
+def steps(model, state: Prefilled, *, cache_kwarg: str, max_new_tokens: int, eos: Sequence[int], pad_id: int,
+          compact: bool = False) -> torch.Tensor:
+    """Greedy tokens [B, <= max_new_tokens] from a prefilled batch (its cache is extended).
+    `compact`: rows that have ended are dropped from the batch (cache, mask, positions) once
+    COMPACT_FRACTION of it has ended; their remaining tokens are the pad token, as without."""
     eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=state.logits.device)
     logits, cache, mask, pos = state.logits, state.cache, state.mask, state.pos
-    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-    tokens = []
+    n = logits.shape[0]
+    rows = torch.arange(n, device=logits.device)          # the batch rows still decoded
+    out = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=logits.device)
+    done = torch.zeros(n, dtype=torch.bool, device=logits.device)
     for step in range(max_new_tokens):
         nxt = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long), logits.argmax(-1))
-        tokens.append(nxt)
+        out[rows, step] = nxt
         done |= torch.isin(nxt, eos_t)
         if step == max_new_tokens - 1 or bool(done.all()):
             break
+        n_done = int(done.sum())
+        if compact and n_done >= max(COMPACT_MIN, COMPACT_FRACTION * len(rows)):
+            keep = (~done).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, nxt, mask, pos, done = rows[keep], nxt[keep], mask[keep], pos[keep], done[keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         pos = pos + 1
         logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
                        **{cache_kwarg: cache}).logits[:, -1, :].float()
-    return torch.stack(tokens, dim=1)
+    return out[:, :step + 1]
