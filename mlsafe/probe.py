@@ -406,29 +406,24 @@ def _units(n_texts: int, pairs: dict[str, Sequence[tuple[int, int]]]) -> list[li
     return list(groups.values())
 
 
-def _opening(model, rows: Sequence[Sequence[int]], layers: Sequence[int], device, need_inputs: bool,
-             need_acts: bool) -> tuple[object | None, dict[int, torch.Tensor]]:
-    """The rows' shared opening (mlsafe.evaluate.prefix.SharedPrefix, run up to the last of
-    `layers`) and its MLP inputs at each layer [p, d_model]; (None, {}) without one."""
-    from transformers import DynamicCache
-
-    from mlsafe.evaluate.prefix import SharedPrefix, cache_kwarg, shared_prefix_len
+def _opening(model, rows: Sequence[Sequence[int]], layers: Sequence[int], device
+             ) -> tuple[object | None, dict[int, torch.Tensor]]:
+    """The rows' shared opening (mlsafe.evaluate.prefix.SharedPrefix) and its MLP inputs at
+    each layer [p, d_model]; (None, {}) without one."""
+    from mlsafe.evaluate.prefix import SharedPrefix, shared_prefix_len
 
     n = shared_prefix_len(rows)
     if not n:
         return None, {}
-    kwarg, cache = cache_kwarg(model), DynamicCache(config=model.config)
-    inp = torch.tensor([list(rows[0][:n])], dtype=torch.long, device=device)
-    with capture(model, layers, mlp_inputs=need_inputs, activations=need_acts, stop_after_last=True) as cap:
-        cap.forward(input_ids=inp, attention_mask=torch.ones_like(inp), position_ids=torch.arange(n, device=device)[None],
-                    use_cache=True, **{kwarg: cache})
-    return SharedPrefix(list(rows[0][:n]), cache, kwarg), {k: v[0] for k, v in cap.mlp_inputs.items()}
+    with capture(model, layers) as cap:
+        prefix = SharedPrefix.compute(model, rows[0][:n], device)
+    return prefix, {k: v[0] for k, v in cap.mlp_inputs.items()}
 
 
 def _captured(model, tokenizer, prefix, rows: Sequence[Sequence[int]], layers: Sequence[int], device,
-              need_inputs: bool, need_acts: bool) -> tuple[int, dict, torch.Tensor, "capture"]:
+              need_inputs: bool, need_acts: bool) -> tuple[int, torch.Tensor, "capture"]:
     """One batch's forward up to the last of `layers`: (tokens of the shared opening not run
-    here, the inputs, the kept-token mask [B, T - skip] over the captured positions, the capture)."""
+    here, the kept-token mask [B, T - skip] over the captured positions, the capture)."""
     from mlsafe.evaluate.prefix import batch_inputs, positions, sliding_window
 
     skip = 0
@@ -444,7 +439,7 @@ def _captured(model, tokenizer, prefix, rows: Sequence[Sequence[int]], layers: S
                         position_ids=positions(mask)[:, skip:], use_cache=True, **{prefix.kwarg: cache})
         else:
             cap.forward(**enc, use_cache=False)
-    return skip, enc, enc["attention_mask"][:, skip:].bool(), cap
+    return skip, enc["attention_mask"][:, skip:].bool(), cap
 
 
 def collect_fused(model: nn.Module, tokenizer, texts: Sequence[str], layers: Iterable[int], *,
@@ -514,10 +509,10 @@ def collect_fused(model: nn.Module, tokenizer, texts: Sequence[str], layers: Ite
         from tqdm.auto import tqdm
         batches = tqdm(batches, desc="collect", unit="batch")
     with _inference(model):
-        prefix, opening = (_opening(model, [ids[i] for i in sorted(used)], layers, dev, need_inputs, need_acts)
+        prefix, opening = (_opening(model, [ids[i] for i in sorted(used)], layers, dev)
                            if share_prefix and position == "last" else (None, {}))
         for batch in batches:
-            skip, enc, keep, cap = _captured(model, tokenizer, prefix, [ids[i] for i in batch], layers, dev,
+            skip, keep, cap = _captured(model, tokenizer, prefix, [ids[i] for i in batch], layers, dev,
                                              need_inputs, need_acts)
             row_of = {i: r for r, i in enumerate(batch)}
             for layer in layers:

@@ -130,12 +130,14 @@ def test_merged_decoding_gives_the_same_tokens(fast_path_models, monkeypatch, sh
     from mlsafe import chat
 
     merged = []
-    real_merge = greedy.merge
+    real_merged = greedy.merged
 
-    def recording(parts, n_prefix):
-        merged.append([p.mask.shape for p in parts])
-        return real_merge(parts, n_prefix)
-    monkeypatch.setattr(gen_module, "merge", recording)
+    def recording(parts):
+        out = real_merged(parts)
+        if len(out) < len(parts):
+            merged.append([p.mask.shape for p in parts])
+        return out
+    monkeypatch.setattr(gen_module, "merged", recording)
     monkeypatch.setattr(gen_module, "WIDTH_SLACK", 100.0)   # the test prompts differ widely in length
     monkeypatch.setattr(greedy, "COMPACT_MIN", 1)            # finished rows leave the batch at once
     monkeypatch.setattr(greedy, "COMPACT_FRACTION", 0.0)

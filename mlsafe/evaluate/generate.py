@@ -15,7 +15,7 @@ import torch
 
 from mlsafe import chat
 from mlsafe.chat import ChatText
-from mlsafe.evaluate.greedy import end_token, end_tokens, merge, mergeable, plain_greedy, prefill, steps
+from mlsafe.evaluate.greedy import end_token, end_tokens, merged, plain_greedy, prefill, steps
 from mlsafe.evaluate.draft import draft_ids, verify
 from mlsafe.evaluate.prefix import (
     SharedPrefix, batch_inputs, cache_kwarg, length_order, positions, shared_prefix_len, sliding_window,
@@ -220,10 +220,10 @@ WIDTH_SLACK = 1.25
 
 
 class _Decoder:
-    """Greedy decoding of token rows in batches (greedy.decode where the generation config
-    allows, model.generate otherwise), with the call's shared prefix. `decode_rows`: where the
-    loop runs, consecutive batches are prefilled one by one and decoded together, up to that
-    many rows (greedy.merge; None decodes each batch alone). A decode step reads every weight
+    """Greedy decoding of token rows in batches (greedy.prefill and greedy.steps where the
+    generation config allows, model.generate otherwise), with the call's shared prefix.
+    `decode_rows`: where the loop runs, consecutive batches are prefilled one by one and
+    decoded together, up to that many rows (greedy.merged; None decodes each batch alone). A decode step reads every weight
     once whatever the rows, so wide steps cost less per token: on 2 cores the 0.5B Qwen
     decodes 86 tokens/s at 64 rows and 155 at 256, while its prompt pass is fastest at ~64.
     With decode_rows, rows that have ended also leave the batch (greedy.steps `compact`)."""
@@ -261,19 +261,17 @@ class _Decoder:
         chunks = list(token_batches(rows, self.batch_size, self.batch_tokens, max_new_tokens))
         with tqdm(total=len(rows), desc=desc, disable=not progress) as bar:
             for group in self._groups(chunks):
-                parts, skips = [], set()
+                parts = []
                 for chunk in group:
                     # [prefix][padding][rest] with the prefix's cache, or plain left padding
                     enc, skip, cache = batch_inputs(self.prefix, chunk, pad_id=pad, device=self.device,
                                                     window=self.window, new_tokens=max_new_tokens)
-                    if self.plain:  # greedy.decode: generate's tokens without its per-step overhead
-                        state = prefill(model, enc["input_ids"][:, skip:], enc["attention_mask"],
-                                        positions(enc["attention_mask"])[:, skip:],
-                                        cache=DynamicCache(config=model.config) if cache is None else cache,
-                                        cache_kwarg=self.kwarg)
-                        parts.append(state)
-                        skips.add(skip)
-                        logits = state.logits
+                    if self.plain:  # the greedy loop: generate's tokens without its per-step overhead
+                        parts.append(prefill(model, enc["input_ids"][:, skip:], enc["attention_mask"],
+                                             positions(enc["attention_mask"])[:, skip:],
+                                             cache=DynamicCache(config=model.config) if cache is None else cache,
+                                             cache_kwarg=self.kwarg))
+                        logits = parts[-1].logits
                     else:
                         extra = {} if first is None else {"output_logits": True, "return_dict_in_generate": True}
                         out = model.generate(
@@ -284,12 +282,9 @@ class _Decoder:
                         new_rows.extend(ids[:, enc["input_ids"].shape[1]:].tolist())
                     if first is not None:
                         scored.append(first(logits))
-                if parts:
-                    joined = [merge(parts, skips.pop())] if len(skips) == 1 and all(
-                        mergeable(p.cache) for p in parts) else parts
-                    for state in joined:
-                        new_rows.extend(steps(model, state, cache_kwarg=self.kwarg, max_new_tokens=max_new_tokens,
-                                              eos=self.eos, pad_id=pad, compact=bool(self.decode_rows)).tolist())
+                for state in merged(parts):
+                    new_rows.extend(steps(model, state, cache_kwarg=self.kwarg, max_new_tokens=max_new_tokens,
+                                          eos=self.eos, pad_id=pad, compact=bool(self.decode_rows)).tolist())
                 bar.update(sum(map(len, group)))
         return new_rows, scored
 

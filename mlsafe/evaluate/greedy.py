@@ -10,7 +10,7 @@ loop ends at `max_new_tokens` or when all rows have ended. `plain_greedy` says w
 may stand in for generate (no repetition penalty, suppressed or forced tokens, minimum
 length, ...); the callers fall back to generate otherwise. The loop is split in `prefill`
 (the prompt pass) and `steps` (the decode steps), so that several prefilled batches can be
-joined by `merge` and decoded as one wide batch (generate._Decoder). tests/test_prefix.py
+joined by `merged` and decoded as one wide batch (generate._Decoder). tests/test_prefix.py
 checks both give generate's tokens.
 """
 
@@ -60,11 +60,13 @@ def end_token(model) -> int | None:
 @dataclass
 class Prefilled:
     """A batch after its prompt pass: the cache, the attention mask over it [B, L], each row's
-    last position [B, 1] and the next-token logits (float32 [B, vocab])."""
+    last position [B, 1], the next-token logits (float32 [B, vocab]) and how many leading
+    slots (a shared prefix) were already cached before the pass."""
     cache: object
     mask: torch.Tensor
     pos: torch.Tensor
     logits: torch.Tensor
+    n_prefix: int
 
 
 @torch.no_grad()
@@ -75,25 +77,28 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positi
     those tokens."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
                 **{cache_kwarg: cache}, **last_only_kwargs(model))
-    return Prefilled(cache, attention_mask, position_ids[:, -1:], out.logits[:, -1, :].float())
+    return Prefilled(cache, attention_mask, position_ids[:, -1:], out.logits[:, -1, :].float(),
+                     attention_mask.shape[1] - input_ids.shape[1])
 
 
-def mergeable(cache) -> bool:
-    """Whether `merge` can join caches like this one: every layer a plain DynamicLayer
-    (sliding-window layers count slots, so padding added by a merge would shift their window)."""
+def _mergeable(cache) -> bool:
+    """Every layer a plain DynamicLayer (sliding-window layers count slots, so padding added by
+    a merge would shift their window)."""
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
-def merge(parts: Sequence[Prefilled], n_prefix: int) -> Prefilled:
-    """One batch of the rows of several prefilled batches laid out as [prefix n_prefix][padding]
-    [rest] (or left padded, n_prefix 0): each part gets masked empty slots after its prefix up
-    to the longest part's length, so every row attends to what it attended to before. The
-    parts' caches are consumed."""
-    if len(parts) == 1:
-        return parts[0]
+def merged(parts: Sequence[Prefilled]) -> list[Prefilled]:
+    """The rows of several prefilled batches as one batch (a list of one), or the parts as they
+    are where they cannot be joined (other cache layers, different prefix lengths). Each part
+    laid out as [prefix][padding][rest] (or left padded, no prefix) gets masked empty slots
+    after its prefix up to the longest part's length, so every row attends to what it
+    attended to before. The parts' caches are consumed."""
+    n_prefix = parts[0].n_prefix if parts else 0
+    if len(parts) < 2 or any(p.n_prefix != n_prefix or not _mergeable(p.cache) for p in parts):
+        return list(parts)
     width = max(p.mask.shape[1] for p in parts)
 
     def widened(x: torch.Tensor, extra: int, dim: int) -> torch.Tensor:
@@ -111,8 +116,8 @@ def merge(parts: Sequence[Prefilled], n_prefix: int) -> Prefilled:
         layer.values = torch.cat([widened(p.cache.layers[k].values, e, 2) for p, e in zip(parts, extras)])
         for p in parts[1:]:
             p.cache.layers[k].keys = p.cache.layers[k].values = None
-    return Prefilled(cache, torch.cat([widened(p.mask, e, 1) for p, e in zip(parts, extras)]),
-                     torch.cat([p.pos for p in parts]), torch.cat([p.logits for p in parts]))
+    return [Prefilled(cache, torch.cat([widened(p.mask, e, 1) for p, e in zip(parts, extras)]),
+                      torch.cat([p.pos for p in parts]), torch.cat([p.logits for p in parts]), n_prefix)]
 
 
 #: With `compact`, finished rows leave the batch once this fraction of it (and at least

@@ -139,7 +139,7 @@ def evaluate(model, tokenizer, suite: "Suite", *, langs: Sequence[str] = LANGS, 
     judgments = suite.judge.judge(harmful, list(responses))
     if margins is None:
         margins = language_margins(model, tokenizer, harmful, refusal_starts=suite.refusal_starts,
-                                   comply_starts=suite.comply_starts)
+                                   comply_starts=suite.comply_starts, batch_size=suite.margin_batch)
     else:
         margins = torch.as_tensor(margins, dtype=torch.float64)
     safe_judged = suite.judge.judge(harmless, list(harmless_responses))
