@@ -90,6 +90,43 @@ def test_edit_flops_count_the_scoring_passes_above_the_trunk(setup):
     assert base + 2 * whole < flops([1, 2]) < base + 3 * whole      # two passes from layer 1 up
 
 
+def test_matmul_counter_counts_the_rows_each_linear_layer_reads(setup):
+    from mlsafe import probe
+
+    model = setup[0].model
+    ids = torch.randint(5, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        with cost.MatmulCounter() as whole:
+            model(input_ids=ids)
+        with cost.MatmulCounter() as last:             # the head reads one row per sequence
+            model(input_ids=ids, logits_to_keep=1)
+        with cost.MatmulCounter() as early, probe.capture(model, [0], stop_after_last=True):  # stops in layer 0
+            model(input_ids=ids)
+    assert whole.flops == 2.0 * 14 * linear and whole.rows > 14
+    assert last.flops == whole.flops - 2.0 * 12 * head.in_features * head.out_features
+    per_block = (whole.flops - 2.0 * 14 * head.in_features * head.out_features) / arch.n_layers(model)
+    assert 0 < early.flops < per_block
+    with pytest.raises(RuntimeError, match="boom"), cost.MatmulCounter() as failed:
+        raise RuntimeError("boom")
+    with torch.no_grad():
+        model(input_ids=ids)
+    assert failed.flops == 0 and failed.rows == 0       # its hook left with the error
+
+
+@pytest.mark.parametrize("stats_pass", ["fused", "separate"])
+def test_collect_flops_reads_each_prompt_group_once(setup, stats_pass):
+    """One pass serves every candidate layer: only the Grams grow with the number of layers."""
+    lm, suite = setup
+    cfg = transfer.EditConfig(targets=["th"], stats_pass=stats_pass, **suite.edit_defaults)
+    anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, cfg.val_fraction, cfg.seed)
+    one, three = (run.collect_flops(lm.model, lm.tokenizer, anchors, cfg, k) for k in (1, 3))
+    per_layer = run.gram_flops(lm.model, lm.tokenizer, anchors, cfg, 1)
+    assert per_layer > 0 and three - one == pytest.approx(2 * per_layer)
+    assert run.gram_flops(lm.model, lm.tokenizer, anchors, cfg, 3) == pytest.approx(3 * per_layer)
+
+
 def test_matmul_params_drops_an_untied_input_embedding():
     from tiny import tiny_model
 
@@ -270,6 +307,9 @@ def test_bench_cost_reports_a_consistent_ratio(setup):
     assert res["preset"] == "paper" and res["train"]["val_margin"] == last["val_margin"]
     assert res["ratio_seconds"] == pytest.approx(res["train"]["seconds"] / res["edit"]["seconds"])
     assert res["ratio_flops"] == pytest.approx(res["train"]["flops"] / res["edit"]["flops"])
+    # FLOPs as fed: training's grow with its steps; both sides keep the formula's estimate beside them
+    assert 0 < res["curve"][0]["flops"] < res["curve"][-1]["flops"] or len(res["curve"]) == 1
+    assert res["edit"]["flops"] > 0 and res["edit"]["flops_estimate"] > 0 and res["train"]["flops_estimate"] > 0
     assert "ratio training / edit" in bench.format_report(res)
     # the harmless side, recorded beside each point: KL >= 0 (and > 0: both change weights)
     assert all(c["harmless_kl"] > 0 and math.isfinite(c["harmless_margin_gain"]) for c in res["curve"])

@@ -7,7 +7,11 @@ mean refusal margin on the target validation anchors are the bar. The LoRA fine-
 the adapters are merged and both measured (evaluation time is not counted). It stops at the
 first chunk whose ASR is <= the edit's and whose validation margin is >= the edit's, or at
 the end of the schedule, in which case the ratio is a lower bound (``reached`` is False).
-Ratios are training / edit, in seconds and in estimated FLOPs (`cost`).
+Ratios are training / edit, in seconds and in FLOPs counted as fed (`cost.MatmulCounter`:
+every linear layer's rows in the passes the fit and the training steps actually run, the
+training's backward as 2x its forward; the fit's Gram streaming and solves by formula);
+the `cost` estimates (whole-model passes over the real tokens) sit beside them as
+``flops_estimate``.
 
 What each side costs harmless prompts is recorded beside it (not part of the stopping rule, and
 not timed): the mean refusal-margin gain on the harmless validation anchors and their mean
@@ -24,7 +28,7 @@ from collections.abc import Sequence
 
 from mlsafe import pipeline, presets, transfer
 from mlsafe.baselines import cost, finetune
-from mlsafe.baselines.run import edit_flops
+from mlsafe.baselines.run import edit_flops, fit_solve_flops, gram_flops
 from mlsafe.evaluate.kl import first_token_kl_per_prompt
 from mlsafe.evaluate.run import asr_of
 from mlsafe.langs import parse_targets
@@ -50,14 +54,15 @@ def bench_cost(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed: in
     margin = pipeline.margin_fn(suite, tok)
     base_asr = _target_asr(lm, suite, targets)
     t0 = time.perf_counter()
-    edit, report = transfer.fit(model, tok, suite.anchors_harmful, suite.anchors_harmless, cfg, margin=margin)
+    with cost.MatmulCounter() as fed:
+        edit, report = transfer.fit(model, tok, suite.anchors_harmful, suite.anchors_harmless, cfg, margin=margin)
     edit_s = time.perf_counter() - t0
     anchors = transfer.split_anchors(suite.anchors_harmful, suite.anchors_harmless, cfg.val_fraction, cfg.seed)
     val_margins = lambda: transfer.validation_margins(model, anchors, cfg, margin)[:2]  # noqa: E731  target harmful, harmless
     harmless_kl = lambda change: float(first_token_kl_per_prompt(model, tok, list(anchors.val_harmless),  # noqa: E731
                                                                  change).mean())
     base_margin, base_harmless = val_margins()
-    edit_f = edit_flops(model, tok, anchors, cfg, report)
+    edit_f = fed.flops + gram_flops(model, tok, anchors, cfg, len(report.candidates)) + fit_solve_flops(model, cfg, report)
     with edit.applied(model):
         edit_asr, (edit_margin, edit_harmless) = _target_asr(lm, suite, targets), val_margins()
     edit_kl = harmless_kl(edit)
@@ -68,13 +73,17 @@ def bench_cost(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed: in
     trainer = finetune.LoRATrainer(model, examples, scfg, pad_id=tok.pad_token_id or 0)
     n_par = cost.matmul_params(model)
     curve, reached = [], False
+    train_fed = 0.0
     for steps in schedule:
-        trainer.train(steps - trainer.steps_done)
+        with cost.MatmulCounter() as counted:
+            trainer.train(steps - trainer.steps_done)
+        train_fed += 3.0 * counted.flops
         delta = trainer.delta()
         with delta.applied(model):
             asr, (m, m_harmless) = _target_asr(lm, suite, targets), val_margins()
         curve.append({"steps": steps, "asr": asr, "val_margin": m, "seconds": trainer.seconds,
-                      "flops": cost.train_flops(n_par, trainer.tokens), "loss": trainer.losses[-1],
+                      "flops": train_fed, "flops_estimate": cost.train_flops(n_par, trainer.tokens),
+                      "loss": trainer.losses[-1],
                       "harmless_margin_gain": m_harmless - base_harmless, "harmless_kl": harmless_kl(delta)})
         if asr <= edit_asr and m >= edit_margin:
             reached = True
@@ -84,11 +93,12 @@ def bench_cost(lm, suite: pipeline.Suite, targets: str | Sequence[str], seed: in
     layer_given = st["statistics"] + st["neurons"] + st["solve"]
     return {"targets": targets, "preset": preset, "base_asr": base_asr, "base_val_margin": base_margin,
             "edit": {"asr": edit_asr, "val_margin": edit_margin, "seconds": edit_s, "flops": edit_f,
+                     "flops_estimate": edit_flops(model, tok, anchors, cfg, report),
                      "layer": report.layer, "n_neurons": report.n_neurons,
                      "stage_seconds": report.stage_seconds, "seconds_layer_given": layer_given,
                      "harmless_margin_gain": edit_harmless - base_harmless, "harmless_kl": edit_kl},
             "train": {"asr": last["asr"], "val_margin": last["val_margin"], "steps": last["steps"],
-                      "seconds": last["seconds"], "flops": last["flops"],
+                      "seconds": last["seconds"], "flops": last["flops"], "flops_estimate": last["flops_estimate"],
                       "harmless_margin_gain": last["harmless_margin_gain"], "harmless_kl": last["harmless_kl"],
                       "lr": scfg.lr, "rank": scfg.rank, "batch_size": scfg.batch_size},
             "curve": curve, "reached": reached,

@@ -13,6 +13,11 @@ Conventions (stated so the numbers can be checked by hand):
   its symmetric eigendecomposition with vectors (9 k^3, k = min(d, m), Golub & Van Loan),
   U_r S_r = R M V_r (2 d m r) and the back-substitution R^{-1} U_r S_r (d^2 r).
 * Streaming a Gram X^T X over n rows of width d costs 2 n d^2.
+* Counted as fed (`MatmulCounter`): 2 x in x out FLOPs per row that reaches each linear
+  layer during the passes actually run: padding and the LM head's rows included, layers an
+  early stop (mlsafe.probe.capture) or a trunk replay (mlsafe.trunk) skips and an opening
+  computed once (mlsafe.evaluate.prefix) not. Training counts its forward so and adds 2x for
+  the backward.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
 
 
 def matmul_params(model: nn.Module) -> int:
@@ -29,6 +35,28 @@ def matmul_params(model: nn.Module) -> int:
     head = model.get_output_embeddings()
     tied = head is not None and head.weight is emb
     return total if tied else total - emb.numel()
+
+
+class MatmulCounter:
+    """Context manager: FLOPs of every nn.Linear call in this process while it is open, 2 x in x
+    out per input row (``flops``; rows in ``rows``), modules created meanwhile (e.g. LoRA
+    adapters) included. Its global hook is removed on exit, also after an error."""
+
+    def __init__(self):
+        self.flops, self.rows, self._hook = 0.0, 0, None
+
+    def _count(self, module: nn.Module, inputs: tuple, _output) -> None:
+        if isinstance(module, nn.Linear):
+            rows = inputs[0].numel() // module.in_features
+            self.rows += rows
+            self.flops += 2.0 * rows * module.in_features * module.out_features
+
+    def __enter__(self) -> "MatmulCounter":
+        self._hook = register_module_forward_hook(self._count)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hook.remove()
 
 
 def forward_flops(n_params: int, tokens: int) -> float:

@@ -70,26 +70,49 @@ def _tokens(tok, prompts, *, with_response: bool = False) -> int:
 
 
 def collect_flops(model, tok, anchors: transfer.Anchors, cfg: transfer.EditConfig, n_layers: int) -> float:
-    """Forward passes and Gram accumulation of `transfer.collect_stats` over n_layers candidates."""
+    """Estimated forward passes and Gram accumulation of `transfer.collect_stats` over n_layers
+    candidates: each prompt group read once by the whole model (one pass serves every layer)."""
     n = cost.matmul_params(model)
     src_harm = [p for p in anchors.fit_harmful if p.lang == cfg.source]
     src_safe = [p for p in anchors.fit_harmless if p.lang == cfg.source]
-    by_id = {p.parallel_id: p for p in src_harm}
-    low = [p for p in anchors.fit_harmful if p.lang in cfg.targets and p.parallel_id in by_id]
     t_conv = _tokens(tok, anchors.fit_harmless + src_harm, with_response=True)
-    t_pair = _tokens(tok, low) + _tokens(tok, [by_id[p.parallel_id] for p in low])
-    fwd = cost.forward_flops(n, _tokens(tok, src_harm) + _tokens(tok, src_safe) + t_conv + n_layers * t_pair)
+    pairs = _fit_pairs(anchors, cfg)
+    t_pair = _tokens(tok, [p for p, _ in pairs]) + _tokens(tok, src_harm if cfg.stats_pass == "fused"
+                                                          else [q for _, q in pairs])
+    fwd = cost.forward_flops(n, _tokens(tok, src_safe) + t_conv + t_pair
+                             + (_tokens(tok, src_harm) if cfg.stats_pass != "fused" else 0))
+    return fwd + gram_flops(model, tok, anchors, cfg, n_layers)
+
+
+def _fit_pairs(anchors: transfer.Anchors, cfg: transfer.EditConfig) -> list[tuple]:
+    by_id = {p.parallel_id: p for p in anchors.fit_harmful if p.lang == cfg.source}
+    return [(p, by_id[p.parallel_id]) for p in anchors.fit_harmful
+            if p.lang in cfg.targets and p.parallel_id in by_id]
+
+
+def gram_flops(model, tok, anchors: transfer.Anchors, cfg: transfer.EditConfig, n_layers: int) -> float:
+    """The Grams `transfer.collect_stats` streams at each of n_layers candidates: X_safe^T X_safe
+    over every conversation token, X_low^T X_low and X_low^T X_en over the fit pairs (and
+    X_en^T X_en with the fused pass)."""
+    src_harm = [p for p in anchors.fit_harmful if p.lang == cfg.source]
+    t_conv = _tokens(tok, anchors.fit_harmless + src_harm, with_response=True)
+    per_pair = 3 if cfg.stats_pass == "fused" else 2
+    d, n_pairs = arch.d_model(model), len(_fit_pairs(anchors, cfg))
+    return n_layers * (cost.gram_flops(t_conv, d) + per_pair * cost.gram_flops(n_pairs, d))
+
+
+def fit_solve_flops(model, cfg: transfer.EditConfig, report: transfer.FitReport) -> float:
+    """One Theorem 4.1 solve per candidate layer and module."""
     d = arch.d_model(model)
-    return fwd + n_layers * (cost.gram_flops(t_conv, d) + 2 * cost.gram_flops(len(low), d))
+    return sum(len(cfg.modules) * cost.solve_flops(d, c["n_neurons"], min(cfg.rank, d, c["n_neurons"]))
+               for c in report.candidates if c["n_neurons"] > 0)
 
 
 def edit_flops(model, tok, anchors: transfer.Anchors, cfg: transfer.EditConfig, report: transfer.FitReport) -> float:
-    """Collection + one solve per candidate layer and module + the validation scoring passes: one
-    whole pass unedited, then one per scored candidate through the layers from the lowest scored
-    one up (the trunk below it is replayed, mlsafe.trunk)."""
-    d, rank = arch.d_model(model), cfg.rank
-    solves = sum(len(cfg.modules) * cost.solve_flops(d, c["n_neurons"], min(rank, d, c["n_neurons"]))
-                 for c in report.candidates if c["n_neurons"] > 0)
+    """Estimated: collection + one solve per candidate layer and module + the validation scoring
+    passes: one whole pass unedited, then one per scored candidate through the layers from the
+    lowest scored one up (the trunk below it is replayed, mlsafe.trunk). `cost.MatmulCounter`
+    counts the forward part as fed instead (mlsafe.baselines.bench)."""
     scored = [c["layer"] for c in report.candidates if "val_gain_harmful" in c]
     val = [p for p in anchors.val_harmful if p.lang in cfg.targets or p.lang == cfg.source] + anchors.val_harmless
     scoring = 0.0
@@ -98,7 +121,7 @@ def edit_flops(model, tok, anchors: transfer.Anchors, cfg: transfer.EditConfig, 
         below = sum(m.weight.numel() for block in arch.blocks(model)[:min(scored)] for m in block.modules()
                     if isinstance(m, torch.nn.Linear))
         scoring = cost.forward_flops(params, tokens) + len(scored) * cost.forward_flops(params - below, tokens)
-    return collect_flops(model, tok, anchors, cfg, len(report.candidates)) + solves + scoring
+    return collect_flops(model, tok, anchors, cfg, len(report.candidates)) + fit_solve_flops(model, cfg, report) + scoring
 
 
 def _activations(model, tok, prompts, layer: int, batch_size: int = 16) -> torch.Tensor:
