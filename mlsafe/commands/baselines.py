@@ -20,7 +20,7 @@ def add_arguments(p):
     add_run_args(p)
     p.add_argument("--only", nargs="+", default=None, help=f"stages, of {', '.join(STAGES)} (default: all)")
     p.add_argument("--max-steps", default="640", help="cap on LoRA steps of the cost benchmark (checkpoints at "
-                                                      "1, 2, 5, 10, 20, ... steps; default: 640)")
+                                                      "every step to 10, then 20, 40, ...; default: 640)")
     p.add_argument("--lr", type=float, default=None,
                    help="LoRA learning rate (default: mlsafe.baselines.finetune.default_sft's)")
     p.add_argument("--preset", default="paper",
