@@ -141,8 +141,8 @@ def low_rank_factors(g: EditGram, *, rank: int, gamma: float, lam: float, method
     (tests/test_solver.py). All arithmetic is float64. The floor this is measured against
     (one Cholesky of Q + one triangular solve with m right-hand sides) is the first two
     steps of the body; scripts/bench.py times the whole against it at Qwen2.5-7B shapes
-    (results/bench/bench.json: 1.6x the floor where Lanczos converges, 2.6x on pure noise,
-    one thread on a shared 2-core machine).
+    (results/bench/bench.json, 2 threads on a 2-core machine: 1.7x the floor where Lanczos
+    converges, 2.6-3.0x on pure noise, where C and its tridiagonalisation dominate).
     """
     _check_rank(rank, g.d_in, g.m)
     if method not in ("auto", "gram", "svd"):
