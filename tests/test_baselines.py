@@ -104,7 +104,7 @@ def test_matmul_counter_counts_the_rows_each_linear_layer_reads(setup):
             model(input_ids=ids, logits_to_keep=1)
         with cost.MatmulCounter() as early, probe.capture(model, [0], stop_after_last=True):  # stops in layer 0
             model(input_ids=ids)
-    assert whole.flops == 2.0 * 14 * linear and whole.rows > 14
+    assert whole.flops == 2.0 * 14 * linear
     assert last.flops == whole.flops - 2.0 * 12 * head.in_features * head.out_features
     per_block = (whole.flops - 2.0 * 14 * head.in_features * head.out_features) / arch.n_layers(model)
     assert 0 < early.flops < per_block
@@ -112,7 +112,7 @@ def test_matmul_counter_counts_the_rows_each_linear_layer_reads(setup):
         raise RuntimeError("boom")
     with torch.no_grad():
         model(input_ids=ids)
-    assert failed.flops == 0 and failed.rows == 0       # its hook left with the error
+    assert failed.flops == 0                            # its hook left with the error
 
 
 @pytest.mark.parametrize("stats_pass", ["fused", "separate"])

@@ -39,17 +39,15 @@ def matmul_params(model: nn.Module) -> int:
 
 class MatmulCounter:
     """Context manager: FLOPs of every nn.Linear call in this process while it is open, 2 x in x
-    out per input row (``flops``; rows in ``rows``), modules created meanwhile (e.g. LoRA
-    adapters) included. Its global hook is removed on exit, also after an error."""
+    out per input row (``flops``), modules created meanwhile (e.g. LoRA adapters) included.
+    Its global hook is removed on exit, also after an error."""
 
     def __init__(self):
-        self.flops, self.rows, self._hook = 0.0, 0, None
+        self.flops, self._hook = 0.0, None
 
     def _count(self, module: nn.Module, inputs: tuple, _output) -> None:
         if isinstance(module, nn.Linear):
-            rows = inputs[0].numel() // module.in_features
-            self.rows += rows
-            self.flops += 2.0 * rows * module.in_features * module.out_features
+            self.flops += 2.0 * inputs[0].numel() * module.out_features    # rows x in x out, twice
 
     def __enter__(self) -> "MatmulCounter":
         self._hook = register_module_forward_hook(self._count)

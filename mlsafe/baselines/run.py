@@ -71,23 +71,14 @@ def _tokens(tok, prompts, *, with_response: bool = False) -> int:
 
 def collect_flops(model, tok, anchors: transfer.Anchors, cfg: transfer.EditConfig, n_layers: int) -> float:
     """Estimated forward passes and Gram accumulation of `transfer.collect_stats` over n_layers
-    candidates: each prompt group read once by the whole model (one pass serves every layer)."""
-    n = cost.matmul_params(model)
+    candidates: each prompt group read once by the whole model (one pass serves every layer;
+    the fused pass reads each English harmful prompt once, the separate one twice)."""
     src_harm = [p for p in anchors.fit_harmful if p.lang == cfg.source]
     src_safe = [p for p in anchors.fit_harmless if p.lang == cfg.source]
-    t_conv = _tokens(tok, anchors.fit_harmless + src_harm, with_response=True)
-    pairs = _fit_pairs(anchors, cfg)
-    t_pair = _tokens(tok, [p for p, _ in pairs]) + _tokens(tok, src_harm if cfg.stats_pass == "fused"
-                                                          else [q for _, q in pairs])
-    fwd = cost.forward_flops(n, _tokens(tok, src_safe) + t_conv + t_pair
-                             + (_tokens(tok, src_harm) if cfg.stats_pass != "fused" else 0))
-    return fwd + gram_flops(model, tok, anchors, cfg, n_layers)
-
-
-def _fit_pairs(anchors: transfer.Anchors, cfg: transfer.EditConfig) -> list[tuple]:
-    by_id = {p.parallel_id: p for p in anchors.fit_harmful if p.lang == cfg.source}
-    return [(p, by_id[p.parallel_id]) for p in anchors.fit_harmful
-            if p.lang in cfg.targets and p.parallel_id in by_id]
+    low, src = transfer.parallel_pairs(anchors.fit_harmful, cfg.source, cfg.targets)
+    prompts = src_safe + low + src_harm + ([] if cfg.stats_pass == "fused" else src)
+    tokens = _tokens(tok, prompts) + _tokens(tok, anchors.fit_harmless + src_harm, with_response=True)
+    return cost.forward_flops(cost.matmul_params(model), tokens) + gram_flops(model, tok, anchors, cfg, n_layers)
 
 
 def gram_flops(model, tok, anchors: transfer.Anchors, cfg: transfer.EditConfig, n_layers: int) -> float:
@@ -96,9 +87,10 @@ def gram_flops(model, tok, anchors: transfer.Anchors, cfg: transfer.EditConfig, 
     X_en^T X_en with the fused pass)."""
     src_harm = [p for p in anchors.fit_harmful if p.lang == cfg.source]
     t_conv = _tokens(tok, anchors.fit_harmless + src_harm, with_response=True)
+    low, _ = transfer.parallel_pairs(anchors.fit_harmful, cfg.source, cfg.targets)
     per_pair = 3 if cfg.stats_pass == "fused" else 2
-    d, n_pairs = arch.d_model(model), len(_fit_pairs(anchors, cfg))
-    return n_layers * (cost.gram_flops(t_conv, d) + per_pair * cost.gram_flops(n_pairs, d))
+    d = arch.d_model(model)
+    return n_layers * (cost.gram_flops(t_conv, d) + per_pair * cost.gram_flops(len(low), d))
 
 
 def fit_solve_flops(model, cfg: transfer.EditConfig, report: transfer.FitReport) -> float:
